@@ -1,0 +1,63 @@
+/*
+ * limits.h - every limit picogradd enforces, in one place.
+ *
+ * Each limit protects the daemon from one way a client (careless or hostile) could exhaust it.
+ * Each has a default that a normal client never meets, a command-line flag to change it, and a
+ * compile-time ceiling so that a typo on the command line cannot switch the protection off.
+ * Checks happen before allocation: a frame's length is checked before a byte of its body is kept.
+ */
+#ifndef PG_LIMITS_H
+#define PG_LIMITS_H
+
+#include "../protocol/proto.h"
+
+/* Largest frame body accepted (--max-frame). Bounds one request's buffer. A frame over it is a
+ * framing error: one bad_frame reply, then the connection is closed, nothing allocated. The
+ * 4-byte length prefix cannot express more than 4 GiB - 1. */
+#define LIM_MAX_FRAME_DEFAULT (1ull << 30)
+#define LIM_MAX_FRAME_CEILING 0xffffffffull
+
+/* Bytes of tensors and buffered frames the daemon holds for all sessions together
+ * (--max-memory). Default: three quarters of physical memory, computed at start. A frame or a
+ * tensor that would pass it is refused with out_of_memory and the connection stays usable. */
+#define LIM_MAX_MEMORY_FLOOR (1ull << 20)
+
+/* Requests received on one connection and not yet answered (--max-inflight). Past it the daemon
+ * stops reading that connection until replies catch up: pipelining is back-pressured, never
+ * refused, and a client cannot queue unbounded work. */
+#define LIM_MAX_INFLIGHT_DEFAULT 1024
+#define LIM_MAX_INFLIGHT_CEILING 1000000
+
+/* Reply bytes written to a connection's socket but not yet taken by the peer (--max-unsent).
+ * A client that does not read its replies stops being read from, so it cannot grow the daemon's
+ * memory without bound. */
+#define LIM_MAX_UNSENT_DEFAULT (256ull << 20)
+
+/* Open sessions (connections) at once (--max-sessions). One more is answered with too_large and
+ * closed. */
+#define LIM_MAX_SESSIONS_DEFAULT 1024
+#define LIM_MAX_SESSIONS_CEILING 1000000
+
+/* Compute worker threads (--threads). Default: the number of online CPUs. */
+#define LIM_THREADS_CEILING 1024
+
+/* Seconds granted at SIGTERM to requests already received (--shutdown-timeout). */
+#define LIM_SHUTDOWN_TIMEOUT_DEFAULT 10.0
+
+/* Listeners on one daemon (--listen is repeatable). */
+#define LIM_MAX_LISTENERS 16
+
+/* The longest a `sleep` request may hold a worker, in seconds. */
+#define LIM_MAX_SLEEP_SECONDS 60.0
+
+#if LIM_MAX_FRAME_DEFAULT > LIM_MAX_FRAME_CEILING
+#error "the default frame limit must fit the 4-byte length prefix"
+#endif
+#if LIM_MAX_INFLIGHT_DEFAULT > LIM_MAX_INFLIGHT_CEILING
+#error "LIM_MAX_INFLIGHT_DEFAULT over its ceiling"
+#endif
+#if LIM_MAX_SESSIONS_DEFAULT > LIM_MAX_SESSIONS_CEILING
+#error "LIM_MAX_SESSIONS_DEFAULT over its ceiling"
+#endif
+
+#endif /* PG_LIMITS_H */

@@ -1,0 +1,293 @@
+/*
+ * main.c - picogradd's command line and life cycle.
+ *
+ * Start: parse flags, set the memory budget, start the compute workers, open every listener
+ * (any failure stops the start with exit status 1), then run the libuv loop.
+ * Stop (SIGINT or SIGTERM): close the listeners and remove their socket files, stop reading,
+ * drop half-received frames, answer what was fully received, and exit 0 once every connection is
+ * closed, or once --shutdown-timeout has passed, cancelling what still runs. A second signal
+ * skips the wait.
+ */
+#include "daemon.h"
+#include "log.h"
+#include "mem.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+daemon_t *g_daemon;
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: picogradd [options]\n"
+            "\n"
+            "Serves picograd tensors and graphs to clients over Unix and TCP sockets.\n"
+            "\n"
+            "  --listen URL            unix:///abs/path.sock or tcp://HOST:PORT (repeatable;\n"
+            "                          default unix://$XDG_RUNTIME_DIR/picogradd.sock, else\n"
+            "                          unix:///tmp/picogradd-$UID.sock). TCP binds only where told.\n"
+            "  --threads N             compute worker threads (default: online CPUs)\n"
+            "  --max-frame BYTES       largest request frame (default 1G; at most 4G-1)\n"
+            "  --max-memory BYTES      budget for tensors and frames (default: 3/4 of RAM)\n"
+            "  --max-inflight N        queued requests per connection before it is not read\n"
+            "                          (default %d)\n"
+            "  --max-unsent BYTES      unsent reply bytes per connection before it is not read\n"
+            "                          (default 256M)\n"
+            "  --max-sessions N        open connections at once (default %d)\n"
+            "  --shutdown-timeout SEC  time given to received requests at SIGTERM (default 10)\n"
+            "  --log-level LEVEL       error, warn, info or debug (default info)\n"
+            "  --help, --version\n"
+            "\n"
+            "BYTES accept a K, M or G suffix (powers of 1024).\n",
+            LIM_MAX_INFLIGHT_DEFAULT, LIM_MAX_SESSIONS_DEFAULT);
+}
+
+/* Parses "123", "64K", "512M", "1G" (powers of 1024). Returns false on junk or overflow. */
+static bool parse_bytes(const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || errno || s[0] == '-')
+        return false;
+    unsigned shift = 0;
+    switch (*end) {
+    case '\0': break;
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    default: return false;
+    }
+    if (*end == 'i' && end[1] == 'B')
+        end += 2;
+    else if (*end == 'B')
+        end++;
+    if (*end != '\0' || (shift && v > (UINT64_MAX >> shift)))
+        return false;
+    *out = (uint64_t)v << shift;
+    return true;
+}
+
+static bool parse_range(const char *flag, const char *s, uint64_t lo, uint64_t hi, uint64_t *out) {
+    if (!parse_bytes(s, out) || *out < lo || *out > hi) {
+        fprintf(stderr, "picogradd: %s must be %llu to %llu, got '%s'\n", flag,
+                (unsigned long long)lo, (unsigned long long)hi, s);
+        return false;
+    }
+    return true;
+}
+
+enum {
+    OPT_LISTEN = 256, OPT_THREADS, OPT_MAX_FRAME, OPT_MAX_MEMORY, OPT_MAX_INFLIGHT,
+    OPT_MAX_UNSENT, OPT_MAX_SESSIONS, OPT_SHUTDOWN_TIMEOUT, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION,
+};
+
+/* Fills cfg from argv. Returns 0 to run, 1 for a usage error, 2 after --help or --version. */
+static int parse_args(int argc, char **argv, cfg_t *cfg) {
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"max-frame", required_argument, NULL, OPT_MAX_FRAME},
+        {"max-memory", required_argument, NULL, OPT_MAX_MEMORY},
+        {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
+        {"max-unsent", required_argument, NULL, OPT_MAX_UNSENT},
+        {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
+        {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN_TIMEOUT},
+        {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"help", no_argument, NULL, OPT_HELP},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {NULL, 0, NULL, 0},
+    };
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    long pages = sysconf(_SC_PHYS_PAGES), pagesize = sysconf(_SC_PAGESIZE);
+    uint64_t v;
+    cfg->threads = ncpu > 0 ? (int)ncpu : 1;
+    cfg->phys_memory = pages > 0 && pagesize > 0 ? (uint64_t)pages * (uint64_t)pagesize : 0;
+    cfg->max_frame = LIM_MAX_FRAME_DEFAULT;
+    cfg->max_memory = cfg->phys_memory ? cfg->phys_memory / 4 * 3 : (4ull << 30);
+    cfg->max_inflight = LIM_MAX_INFLIGHT_DEFAULT;
+    cfg->max_unsent = LIM_MAX_UNSENT_DEFAULT;
+    cfg->max_sessions = LIM_MAX_SESSIONS_DEFAULT;
+    cfg->shutdown_timeout = LIM_SHUTDOWN_TIMEOUT_DEFAULT;
+
+    int opt;
+    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (opt) {
+        case OPT_LISTEN:
+            if (cfg->nlisten == LIM_MAX_LISTENERS) {
+                fprintf(stderr, "picogradd: at most %d --listen\n", LIM_MAX_LISTENERS);
+                return 1;
+            }
+            cfg->listen[cfg->nlisten++] = optarg;
+            break;
+        case OPT_THREADS:
+            if (!parse_range("--threads", optarg, 1, LIM_THREADS_CEILING, &v))
+                return 1;
+            cfg->threads = (int)v;
+            break;
+        case OPT_MAX_FRAME:
+            if (!parse_range("--max-frame", optarg, 16, LIM_MAX_FRAME_CEILING, &cfg->max_frame))
+                return 1;
+            break;
+        case OPT_MAX_MEMORY:
+            if (!parse_range("--max-memory", optarg, LIM_MAX_MEMORY_FLOOR, UINT64_MAX,
+                             &cfg->max_memory))
+                return 1;
+            break;
+        case OPT_MAX_INFLIGHT:
+            if (!parse_range("--max-inflight", optarg, 1, LIM_MAX_INFLIGHT_CEILING,
+                             &cfg->max_inflight))
+                return 1;
+            break;
+        case OPT_MAX_UNSENT:
+            if (!parse_range("--max-unsent", optarg, 1, UINT64_MAX, &cfg->max_unsent))
+                return 1;
+            break;
+        case OPT_MAX_SESSIONS:
+            if (!parse_range("--max-sessions", optarg, 1, LIM_MAX_SESSIONS_CEILING,
+                             &cfg->max_sessions))
+                return 1;
+            break;
+        case OPT_SHUTDOWN_TIMEOUT: {
+            char *end;
+            double t = strtod(optarg, &end);
+            if (end == optarg || *end || !(t >= 0 && t <= 86400)) {
+                fprintf(stderr, "picogradd: --shutdown-timeout must be 0 to 86400 seconds\n");
+                return 1;
+            }
+            cfg->shutdown_timeout = t;
+            break;
+        }
+        case OPT_LOG_LEVEL: {
+            int lvl = log_parse_level(optarg);
+            if (lvl < 0) {
+                fprintf(stderr, "picogradd: --log-level must be error, warn, info or debug\n");
+                return 1;
+            }
+            log_set_level((log_level_t)lvl);
+            break;
+        }
+        case OPT_HELP:
+            usage(stdout);
+            return 2;
+        case OPT_VERSION:
+            printf("picogradd %s (protocol %d)\n", PG_SERVER_VERSION, PROTO_VERSION);
+            return 2;
+        default:
+            usage(stderr);
+            return 1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "picogradd: unexpected argument '%s'\n", argv[optind]);
+        return 1;
+    }
+    return 0;
+}
+
+/* =============================================================================================
+ * Shutdown
+ * =========================================================================================== */
+
+static void on_handle_closed(uv_handle_t *h) { (void)h; }
+
+void daemon_check_done(daemon_t *d) {
+    if (!d->stopping || d->nconns > 0 || d->done)
+        return;
+    d->done = true;
+    uv_close((uv_handle_t *)&d->sigint, on_handle_closed);
+    uv_close((uv_handle_t *)&d->sigterm, on_handle_closed);
+    uv_close((uv_handle_t *)&d->shutdown_timer, on_handle_closed);
+    pool_stop(&d->pool); /* no job can be pending: every connection is gone */
+}
+
+static void on_shutdown_timeout(uv_timer_t *t) {
+    daemon_t *d = t->data;
+    log_warn("shutdown timeout: closing %llu connection(s) with requests still running",
+             (unsigned long long)d->nconns);
+    d->force = true;
+    conn_close_all(d);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+    daemon_t *d = s->data;
+    if (d->stopping) {
+        if (!d->force)
+            on_shutdown_timeout(&d->shutdown_timer);
+        return;
+    }
+    log_info("%s: stopping (waiting up to %gs for %llu connection(s))",
+             signum == SIGINT ? "SIGINT" : "SIGTERM", d->cfg.shutdown_timeout,
+             (unsigned long long)d->nconns);
+    d->stopping = true;
+    listen_close_all(d);
+    conn_stop_all(d);
+    uv_timer_start(&d->shutdown_timer, on_shutdown_timeout,
+                   (uint64_t)(d->cfg.shutdown_timeout * 1000), 0);
+    daemon_check_done(d);
+}
+
+int main(int argc, char **argv) {
+    static daemon_t daemon;
+    daemon_t *d = &daemon;
+    uv_loop_t loop;
+    char default_url[160];
+    int status = 1;
+
+    signal(SIGPIPE, SIG_IGN); /* a peer that vanishes mid-reply is an error code, not a death */
+    int prc = parse_args(argc, argv, &d->cfg);
+    if (prc)
+        return prc == 2 ? 0 : 1;
+    if (d->cfg.nlisten == 0) {
+        proto_default_url(default_url, sizeof(default_url), false);
+        d->cfg.listen[d->cfg.nlisten++] = default_url;
+    }
+    g_daemon = d;
+    mem_init(d->cfg.max_memory);
+    if (uv_loop_init(&loop) != 0) {
+        log_error("cannot create the event loop");
+        return 1;
+    }
+    d->loop = &loop;
+    d->start_ns = uv_hrtime();
+
+    int rc = pool_start(&d->pool, d->loop, d->cfg.threads, conn_job_done);
+    if (rc) {
+        log_error("cannot start %d worker threads: %s", d->cfg.threads, strerror(-rc));
+        goto out_loop;
+    }
+    uv_signal_init(d->loop, &d->sigint);
+    uv_signal_init(d->loop, &d->sigterm);
+    uv_timer_init(d->loop, &d->shutdown_timer);
+    d->sigint.data = d->sigterm.data = d->shutdown_timer.data = d;
+    for (int i = 0; i < d->cfg.nlisten; i++)
+        if (listen_open(d, d->cfg.listen[i]) != 0)
+            goto out_stop;
+    uv_signal_start(&d->sigint, on_signal, SIGINT);
+    uv_signal_start(&d->sigterm, on_signal, SIGTERM);
+    log_info("picogradd %s ready: %d threads, max frame %llu bytes, max memory %llu bytes",
+             PG_SERVER_VERSION, d->cfg.threads, (unsigned long long)d->cfg.max_frame,
+             (unsigned long long)d->cfg.max_memory);
+    status = 0;
+
+out_stop:
+    if (status != 0) {
+        d->stopping = true;
+        listen_close_all(d);
+        daemon_check_done(d);
+    }
+    uv_run(d->loop, UV_RUN_DEFAULT);
+    if (status == 0)
+        log_info("stopped");
+out_loop:
+    if (uv_loop_close(&loop) != 0)
+        log_warn("event loop closed with live handles");
+    if (status == 0 && (mem_in_use() != 0 || pg_malloc_live() != 0))
+        log_warn("leak at exit: %llu budget bytes, %llu internal bytes still allocated",
+                 (unsigned long long)mem_in_use(), (unsigned long long)pg_malloc_live());
+    return status;
+}

@@ -1,0 +1,124 @@
+/*
+ * mem.c - budgeted client data and counted internal allocations.
+ *
+ * The budget is one atomic counter: mem_reserve() adds with a compare-and-swap loop so that two
+ * threads racing for the last bytes cannot both win. Internal blocks carry a 16-byte header with
+ * their size (16 keeps the payload aligned for any scalar type) so pg_free() can count them down.
+ */
+#include "mem.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Atomic uint64_t budget_limit = UINT64_MAX;
+static _Atomic uint64_t budget_used;
+static _Atomic uint64_t budget_peak;
+static _Atomic uint64_t internal_live;
+
+void mem_init(uint64_t limit) { atomic_store(&budget_limit, limit); }
+
+bool mem_reserve(uint64_t n) {
+    uint64_t limit = atomic_load(&budget_limit);
+    uint64_t cur = atomic_load(&budget_used);
+    do {
+        if (n > limit || cur > limit - n)
+            return false;
+    } while (!atomic_compare_exchange_weak(&budget_used, &cur, cur + n));
+    uint64_t now = cur + n, peak = atomic_load(&budget_peak);
+    while (now > peak && !atomic_compare_exchange_weak(&budget_peak, &peak, now)) {
+    }
+    return true;
+}
+
+void mem_release(uint64_t n) { atomic_fetch_sub(&budget_used, n); }
+
+void *mem_data_alloc(uint64_t n) {
+    if (n == 0 || n > SIZE_MAX - 64 || !mem_reserve(n))
+        return NULL;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, (size_t)n) != 0) {
+        mem_release(n);
+        return NULL;
+    }
+    return p;
+}
+
+void mem_data_free(void *p, uint64_t n) {
+    if (!p)
+        return;
+    free(p);
+    mem_release(n);
+}
+
+uint64_t mem_in_use(void) { return atomic_load(&budget_used); }
+uint64_t mem_peak(void) { return atomic_load(&budget_peak); }
+uint64_t mem_limit(void) { return atomic_load(&budget_limit); }
+
+/* =============================================================================================
+ * Internal allocations
+ * =========================================================================================== */
+
+#define HDR 16
+
+void *pg_malloc(size_t n) {
+    if (n == 0 || n > SIZE_MAX - HDR)
+        return NULL;
+    unsigned char *p = malloc(n + HDR);
+    if (!p)
+        return NULL;
+    memcpy(p, &n, sizeof(n));
+    atomic_fetch_add(&internal_live, n);
+    return p + HDR;
+}
+
+void *pg_calloc_array(size_t count, size_t size) {
+    if (size != 0 && count > SIZE_MAX / size)
+        return NULL;
+    void *p = pg_malloc(count * size);
+    if (p)
+        memset(p, 0, count * size);
+    return p;
+}
+
+void *pg_realloc_array(void *p, size_t count, size_t size) {
+    if (!p)
+        return pg_calloc_array(count, size);
+    if (size != 0 && count > SIZE_MAX / size)
+        return NULL;
+    size_t n = count * size, old;
+    if (n == 0 || n > SIZE_MAX - HDR)
+        return NULL;
+    unsigned char *base = (unsigned char *)p - HDR;
+    memcpy(&old, base, sizeof(old));
+    unsigned char *q = realloc(base, n + HDR);
+    if (!q)
+        return NULL;
+    memcpy(q, &n, sizeof(n));
+    atomic_fetch_add(&internal_live, n);
+    atomic_fetch_sub(&internal_live, old);
+    return q + HDR;
+}
+
+char *pg_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = pg_malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+void pg_free(void *p) {
+    if (!p)
+        return;
+    unsigned char *base = (unsigned char *)p - HDR;
+    size_t n;
+    memcpy(&n, base, sizeof(n));
+    atomic_fetch_sub(&internal_live, n);
+#ifndef NDEBUG
+    memset(p, 0xdd, n); /* trash freed content so a use-after-free reads garbage, not old data */
+#endif
+    free(base);
+}
+
+uint64_t pg_malloc_live(void) { return atomic_load(&internal_live); }

@@ -1,0 +1,46 @@
+/*
+ * session.c - a session's handle table.
+ */
+#include "session.h"
+
+void sess_init(sess_t *s, uint64_t id) {
+    s->id = id;
+    s->next_handle = 1;
+    htab_init(&s->tensors);
+    s->bytes = 0;
+    s->requests = 0;
+}
+
+static void drop_one(void *val, void *arg) {
+    (void)arg;
+    tensor_unref(val);
+}
+
+void sess_clear(sess_t *s) {
+    htab_each(&s->tensors, drop_one, NULL);
+    htab_free(&s->tensors);
+    s->bytes = 0;
+}
+
+int sess_add(sess_t *s, tensor_t *t, uint64_t *handle) {
+    uint64_t h = s->next_handle;
+    if (htab_put(&s->tensors, h, t) != 0) {
+        tensor_unref(t);
+        return -PG_EOUT_OF_MEMORY;
+    }
+    s->next_handle++;
+    s->bytes += t->block_bytes;
+    *handle = h;
+    return 0;
+}
+
+tensor_t *sess_get(const sess_t *s, uint64_t handle) { return htab_get(&s->tensors, handle); }
+
+int sess_remove(sess_t *s, uint64_t handle) {
+    tensor_t *t = htab_del(&s->tensors, handle);
+    if (!t)
+        return -PG_EUNKNOWN_HANDLE;
+    s->bytes -= t->block_bytes;
+    tensor_unref(t);
+    return 0;
+}

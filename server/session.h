@@ -1,0 +1,37 @@
+/*
+ * session.h - what one connection owns: its tensors, by handle.
+ *
+ * A connection is a session. Handles are numbers drawn from a per-session counter, so they are
+ * never addresses, never reused within the session, and meaningless in any other session: a
+ * handle from connection A looked up in B's table is simply not there (unknown_handle).
+ *
+ * Threading: a session is touched by one thread at a time, because a connection's requests run
+ * one after another (the loop thread, or one worker while the loop waits for it).
+ */
+#ifndef PG_SESSION_H
+#define PG_SESSION_H
+
+#include "htab.h"
+#include "tensor.h"
+
+typedef struct {
+    uint64_t id;          /* session number, for logs and hello */
+    uint64_t next_handle; /* the next handle to give out; starts at 1 */
+    htab_t tensors;       /* handle -> tensor_t* (one reference each) */
+    uint64_t bytes;       /* storage bytes of this session's tensors */
+    uint64_t requests;    /* requests answered */
+} sess_t;
+
+/* Prepares an empty session. */
+void sess_init(sess_t *s, uint64_t id);
+/* Drops every tensor the session holds and frees its table. */
+void sess_clear(sess_t *s);
+/* Stores t under a new handle. Takes ownership of the caller's reference, also on failure.
+ * Returns 0, or -PG_EOUT_OF_MEMORY when the table cannot grow. */
+int sess_add(sess_t *s, tensor_t *t, uint64_t *handle);
+/* Returns the tensor of a handle (borrowed), or NULL when the session has no such handle. */
+tensor_t *sess_get(const sess_t *s, uint64_t handle);
+/* Forgets a handle and drops its reference. Returns 0, or -PG_EUNKNOWN_HANDLE. */
+int sess_remove(sess_t *s, uint64_t handle);
+
+#endif /* PG_SESSION_H */

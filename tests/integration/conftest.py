@@ -1,0 +1,205 @@
+"""Fixtures for the integration tests: real picogradd processes, started and checked per test.
+
+The daemon binary is build/bin/picogradd under the repository root, or $PICOGRAD_DAEMON. Each
+daemon runs in its own temporary directory with a Unix listener and a TCP listener on port 0; its
+stdout and stderr go to a log file, which is how the fixture learns the real TCP port (the daemon
+logs "listening on <url>" per listener) and how teardown spots sanitizer reports. Teardown sends
+SIGTERM and requires exit status 0: a daemon that crashes or leaks into ASan output fails the test
+that ran it, not some later one.
+
+Run: PYTHONPATH=clients/python python3 -m pytest tests/integration
+"""
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# The tests import the client from the source tree when it is not installed, so a plain
+# `pytest tests/integration` works without PYTHONPATH=clients/python.
+if importlib.util.find_spec("picograd") is None:
+    sys.path.insert(0, str(REPO_ROOT / "clients" / "python"))
+
+DAEMON_BIN = Path(os.environ.get("PICOGRAD_DAEMON", REPO_ROOT / "build" / "bin" / "picogradd"))
+
+READY_TIMEOUT = 10.0  # seconds for a daemon to log all of its "listening on" lines
+EXIT_TIMEOUT = 15.0   # seconds for a daemon to exit after SIGTERM (covers --shutdown-timeout)
+
+# Text that only appears in a log when a sanitizer or the C runtime found a bug.
+SANITIZER_MARKERS = ("ASan", "AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer",
+                     "ThreadSanitizer", "runtime error:")
+
+_LISTENING = re.compile(r"listening on ((?:unix|tcp)://\S+)")
+
+
+def pytest_configure(config):
+    # Also registered in pytest.ini; repeated here so a run from another rootdir knows the marker.
+    config.addinivalue_line("markers", "large_memory: needs about 2 GiB of RAM (still run by "
+                                       "default; deselect with -m 'not large_memory')")
+
+
+class Daemon:
+    """One picogradd process (restartable) in directory ``tmpdir``.
+
+    ``unix_url`` and ``tcp_url`` are the URLs of the running process (``tcp_url`` is None when it
+    has no TCP listener); ``proc`` is its Popen; ``log_path`` holds its stdout and stderr.
+    """
+
+    def __init__(self, tmpdir, name="pg", listen=None, extra_args=()):
+        self.tmpdir = Path(tmpdir)
+        self.name = name
+        self.socket_path = self.tmpdir / f"{name}.sock"
+        self.listen = list(listen) if listen is not None else [
+            f"unix://{self.socket_path}", "tcp://127.0.0.1:0"]
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.log_path = None
+        self.unix_url = None
+        self.tcp_url = None
+        self._runs = 0
+        self._log_file = None
+        self.expect_clean_exit = True  # cleared by kill(): a SIGKILLed daemon cannot exit 0
+
+    # -- process control ---------------------------------------------------------------------
+
+    def start(self, extra_args=None, listen=None, wait=True):
+        """(Re)starts the daemon, optionally with new ``extra_args``/``listen``; returns self.
+
+        A running process is stopped first and checked like at teardown. With ``wait`` False it
+        returns as soon as the process is spawned (for daemons expected to fail).
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+        if extra_args is not None:
+            self.extra_args = list(extra_args)
+        if listen is not None:
+            self.listen = list(listen)
+        self._runs += 1
+        self.log_path = self.tmpdir / f"{self.name}.{self._runs}.log"
+        args = [str(DAEMON_BIN)]
+        for url in self.listen:
+            args += ["--listen", url]
+        args += ["--log-level", "info"] + self.extra_args
+        self._log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self.expect_clean_exit = True
+        self.unix_url = self.tcp_url = None
+        if wait:
+            self._wait_ready()
+        return self
+
+    def _wait_ready(self):
+        want = len(self.listen)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            urls = _LISTENING.findall(self.log())
+            if len(urls) >= want:
+                break
+            if self.proc.poll() is not None:
+                pytest.fail(f"picogradd exited with {self.proc.returncode} before listening:\n"
+                            f"{self.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"picogradd did not log {want} 'listening on' lines within "
+                            f"{READY_TIMEOUT} s:\n{self.log()}")
+            time.sleep(0.01)
+        for url in urls:
+            if url.startswith("unix://") and self.unix_url is None:
+                self.unix_url = url
+            elif url.startswith("tcp://") and self.tcp_url is None:
+                self.tcp_url = url
+
+    def url(self, transport):
+        """The URL of listener ``transport`` ("unix" or "tcp")."""
+        return self.unix_url if transport == "unix" else self.tcp_url
+
+    def log(self):
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=EXIT_TIMEOUT):
+        """Signals the daemon, waits for it, and returns its exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"picogradd did not exit within {timeout} s of signal {sig}:\n{self.log()}")
+        self._log_file.close()
+        return rc
+
+    def kill(self):
+        """SIGKILLs the daemon (a crash, as far as clients can tell) and reaps it."""
+        self.expect_clean_exit = False
+        self.proc.kill()
+        self.proc.wait()
+        self._log_file.close()
+
+    def check_log(self):
+        text = self.log()
+        found = [m for m in SANITIZER_MARKERS if m in text]
+        assert not found, f"picogradd log mentions {found}:\n{text}"
+
+    def teardown(self):
+        if self.proc is None:
+            return
+        was_running = self.proc.poll() is None
+        rc = self.stop()
+        self.check_log()
+        if self.expect_clean_exit and was_running:
+            assert rc == 0, f"picogradd exited with {rc} after SIGTERM:\n{self.log()}"
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    """Returns ``make(extra_args=(), listen=None, name=None, wait=True) -> Daemon``.
+
+    Every daemon made is stopped and checked (exit 0 after SIGTERM, no sanitizer output) at
+    teardown.
+    """
+    made = []
+
+    def make(extra_args=(), listen=None, name=None, wait=True):
+        d = Daemon(tmp_path, name=name or f"pg{len(made)}", listen=listen, extra_args=extra_args)
+        made.append(d)
+        return d.start(wait=wait)
+
+    yield make
+    errors = []
+    for d in made:
+        try:
+            d.teardown()
+        except BaseException as exc:  # tear all of them down, then report the first failure
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def daemon(daemon_factory):
+    """A running daemon with default limits, listening on a Unix socket and TCP 127.0.0.1."""
+    return daemon_factory()
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def transport(request):
+    return request.param
+
+
+@pytest.fixture
+def url(daemon, transport):
+    """The daemon fixture's URL for the parametrized transport."""
+    return daemon.url(transport)
