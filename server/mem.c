@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static _Atomic uint64_t budget_limit = UINT64_MAX;
 static _Atomic uint64_t budget_used;
@@ -33,14 +34,23 @@ bool mem_reserve(uint64_t n) {
 
 void mem_release(uint64_t n) { atomic_fetch_sub(&budget_used, n); }
 
+/* Blocks this large are 2 MiB aligned and backed by transparent huge pages where the kernel
+ * allows it: a fresh 512 MiB put otherwise takes 131072 page faults, which cost as much as moving
+ * the bytes through the socket. */
+#define HUGE_MIN (4u << 20)
+#define HUGE_PAGE (2u << 20)
+
 void *mem_data_alloc(uint64_t n) {
-    if (n == 0 || n > SIZE_MAX - 64 || !mem_reserve(n))
+    if (n == 0 || n > SIZE_MAX - HUGE_PAGE || !mem_reserve(n))
         return NULL;
     void *p = NULL;
-    if (posix_memalign(&p, 64, (size_t)n) != 0) {
+    size_t align = n >= HUGE_MIN ? HUGE_PAGE : 64;
+    if (posix_memalign(&p, align, (size_t)n) != 0) {
         mem_release(n);
         return NULL;
     }
+    if (align == HUGE_PAGE)
+        madvise(p, (size_t)n & ~(size_t)(HUGE_PAGE - 1), MADV_HUGEPAGE); /* a hint: may fail */
     return p;
 }
 

@@ -219,23 +219,30 @@ static int raw_send_frame(int fd, const unsigned char hdr[4], const void *body, 
 static void *raw_conn_main(void *arg) {
     struct raw_conn *c = arg;
     unsigned char hdr[4];
+    /* One buffer, grown to the largest frame and reused: the baseline is the socket's own speed,
+     * with no allocation and no page faults on warm rounds, i.e. the ceiling. */
+    void *body = NULL;
+    size_t cap = 0;
 
     while (raw_read_full(c->fd, hdr, sizeof(hdr)) == 0) {
         uint32_t len = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 | (uint32_t)hdr[2] << 8 |
                        (uint32_t)hdr[3];
         if (len == 0 || len > c->max_frame)
             break;
-        /* A fresh buffer per frame, as a daemon receiving a tensor has to allocate one. */
-        void *body = malloc(len);
-        if (body == NULL)
-            break;
+        if (len > cap) {
+            void *grown = realloc(body, len);
+            if (grown == NULL)
+                break;
+            body = grown;
+            cap = len;
+        }
         int rc = raw_read_full(c->fd, body, len);
         if (rc == 0)
             rc = raw_send_frame(c->fd, hdr, body, len);
-        free(body);
         if (rc != 0)
             break;
     }
+    free(body);
     close(c->fd);
     free(c);
     return NULL;
