@@ -133,7 +133,8 @@ typedef enum { OPS_ON_LOOP, OPS_ON_WORKER } ops_where_t;
     XX(get, OPS_ON_LOOP)                                                                           \
     XX(free, OPS_ON_LOOP)                                                                          \
     XX(stats, OPS_ON_LOOP)                                                                         \
-    XX(sleep, OPS_ON_WORKER)
+    XX(sleep, OPS_ON_WORKER)                                                                       \
+    XX(run, OPS_ON_WORKER)
 
 typedef enum {
 #define XX(name, where) OPS_##name,

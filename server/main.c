@@ -8,6 +8,7 @@
  * closed, or once --shutdown-timeout has passed, cancelling what still runs. A second signal
  * skips the wait.
  */
+#include "../kernels/ref/ref.h"
 #include "daemon.h"
 #include "log.h"
 #include "mem.h"
@@ -255,6 +256,7 @@ int main(int argc, char **argv) {
     d->loop = &loop;
     d->start_ns = uv_hrtime();
 
+    ref_set_threads(d->cfg.threads);
     int rc = pool_start(&d->pool, d->loop, d->cfg.threads, conn_job_done);
     if (rc) {
         log_error("cannot start %d worker threads: %s", d->cfg.threads, strerror(-rc));

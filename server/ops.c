@@ -15,7 +15,7 @@
 
 typedef int (*ops_fn_t)(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err);
 
-#define XX(name, where) static int ops_##name(daemon_t *, req_t *, msgpack_packer *, proto_err_t *);
+#define XX(name, where) int ops_##name(daemon_t *, req_t *, msgpack_packer *, proto_err_t *);
 PG_REQ_OP_MAP(XX)
 #undef XX
 
@@ -62,7 +62,7 @@ static const char *shape_str(char *buf, size_t cap, const int64_t *dims, int ran
  * hello, ping, stats, sleep
  * =========================================================================================== */
 
-static int ops_hello(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
+int ops_hello(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     uint64_t version;
     int rc = proto_get_uint(r->args, "version", &version, err);
     if (rc)
@@ -117,13 +117,13 @@ static int ops_hello(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err
     return 0;
 }
 
-static int ops_ping(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
+int ops_ping(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     (void)d;
     (void)err;
     return proto_pack_reply_head(pk, 2, true, r->id, true);
 }
 
-static int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
+int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     (void)err;
     proto_pack_reply_head(pk, 2 + 10, true, r->id, true);
     key(pk, "sessions");
@@ -153,7 +153,7 @@ static int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err
 }
 
 /* Runs on a worker. Sleeps in short slices so that a forced shutdown can cancel it. */
-static int ops_sleep(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
+int ops_sleep(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     (void)d;
     double seconds;
     int rc = proto_get_number(r->args, "seconds", &seconds, err);
@@ -184,7 +184,7 @@ static int ops_sleep(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err
  * much bigger than the payload (a tiny tensor must not pin a huge frame). */
 #define OPS_ADOPT_SLACK 4096
 
-static int ops_put(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
+int ops_put(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     (void)d;
     pg_dtype_t dtype;
     int64_t dims[PROTO_MAX_RANK];
@@ -249,7 +249,7 @@ static tensor_t *ops_handle(req_t *r, uint64_t *handle, proto_err_t *err) {
     return t;
 }
 
-static int ops_get(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
+int ops_get(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     (void)d;
     uint64_t handle;
     tensor_t *t = ops_handle(r, &handle, err);
@@ -287,7 +287,7 @@ static int ops_get(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) 
     return 0;
 }
 
-static int ops_free(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
+int ops_free(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     (void)d;
     uint64_t handle;
     if (!ops_handle(r, &handle, err))

@@ -164,10 +164,165 @@ TEST_IMPL(dead_daemon_then_reconnect) {
     return 0;
 }
 
+/* relu(A @ B) with both results forms: the product kept as a handle, the relu returned inline. */
+TEST_IMPL(graph_matmul_relu) {
+    daemon_t d;
+    daemon_start(&d);
+    pg_conn_t *c = pg_connect(d.url, NULL);
+    ASSERT(c != NULL);
+    enum { M = 3, K = 4, N = 5 };
+    float a[M * K], b[K * N], want[M * N];
+    for (int i = 0; i < M * K; i++)
+        a[i] = (float)(i % 7) - 3.0f;
+    for (int i = 0; i < K * N; i++)
+        b[i] = 0.5f * (float)(i % 5) - 1.0f;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float s = 0;
+            for (int k = 0; k < K; k++)
+                s += a[i * K + k] * b[k * N + j];
+            want[i * N + j] = s;
+        }
+    uint64_t ha, hb;
+    ASSERT_EQ(pg_put(c, PG_FLOAT32, 2, (int64_t[]){M, K}, a, &ha), 0);
+    ASSERT_EQ(pg_put(c, PG_FLOAT32, 2, (int64_t[]){K, N}, b, &hb), 0);
+
+    pg_graph_t *g = pg_graph_new();
+    ASSERT(g != NULL);
+    ASSERT_EQ(pg_graph_input(g, ha), 0);
+    ASSERT_EQ(pg_graph_input(g, hb), 1);
+    ASSERT_EQ(pg_graph_op(g, "matmul", (int[]){0, 1}, 2, NULL, 0), 2);
+    ASSERT_EQ(pg_graph_op(g, "relu", (int[]){2}, 1, NULL, 0), 3);
+    /* Client-side refusals add nothing: a forward input, a reserved attribute name. */
+    ASSERT_EQ(pg_graph_op(g, "relu", (int[]){4}, 1, NULL, 0), -PG_EBAD_REQUEST);
+    ASSERT(strstr(pg_graph_last_error(g)->message, "node 4 (relu)") != NULL);
+    pg_attr_t in = pg_attr_int("in", 0);
+    ASSERT_EQ(pg_graph_op(g, "relu", (int[]){2}, 1, &in, 1), -PG_EBAD_REQUEST);
+    ASSERT_EQ(pg_graph_size(g), 4);
+
+    pg_output_t outs[2] = {{.node = 2, .keep = 1}, {.node = 3, .keep = 0}};
+    pg_result_t res[2];
+    ASSERT_EQ(pg_run(c, g, outs, 2, res), 0);
+    /* Kept: a new handle, dtype and shape, no data. */
+    ASSERT(res[0].handle != 0 && res[0].handle != ha && res[0].handle != hb);
+    ASSERT_EQ(res[0].tensor.dtype, PG_FLOAT32);
+    ASSERT_EQ(res[0].tensor.rank, 2);
+    ASSERT_EQ(res[0].tensor.shape[0], M);
+    ASSERT_EQ(res[0].tensor.shape[1], N);
+    ASSERT(res[0].tensor.data == NULL);
+    /* Inline: the data, 64-byte aligned. */
+    ASSERT_EQ(res[1].handle, 0);
+    ASSERT_EQ(res[1].tensor.dtype, PG_FLOAT32);
+    ASSERT_EQ(res[1].tensor.rank, 2);
+    ASSERT_EQ(res[1].tensor.shape[0], M);
+    ASSERT_EQ(res[1].tensor.shape[1], N);
+    ASSERT_EQ(res[1].tensor.nbytes, sizeof(want));
+    ASSERT(((uintptr_t)res[1].tensor.data & 63) == 0);
+    const float *y = res[1].tensor.data;
+    for (int i = 0; i < M * N; i++) {
+        float r = want[i] > 0 ? want[i] : 0;
+        if (!(y[i] >= r - 1e-5f * (1 + r) && y[i] <= r + 1e-5f * (1 + r))) {
+            fprintf(stderr, "relu(A @ B)[%d] = %g, expected %g\n", i, y[i], r);
+            ASSERT(!"inline result differs");
+        }
+    }
+    pg_tensor_release(&res[1].tensor);
+    pg_tensor_release(&res[0].tensor);
+    /* The kept product is a tensor like any other. */
+    pg_tensor_t t;
+    ASSERT_EQ(pg_get(c, res[0].handle, &t), 0);
+    ASSERT_EQ(t.nbytes, sizeof(want));
+    for (int i = 0; i < M * N; i++) {
+        float v = ((const float *)t.data)[i];
+        ASSERT(v >= want[i] - 1e-4f && v <= want[i] + 1e-4f);
+    }
+    pg_tensor_release(&t);
+    ASSERT_EQ(pg_free(c, res[0].handle), 0);
+
+    /* Two inline outputs each own their buffer: releasing one leaves the other readable. */
+    pg_output_t two[2] = {{.node = 3, .keep = 0}, {.node = 2, .keep = 0}};
+    ASSERT_EQ(pg_run(c, g, two, 2, res), 0);
+    ASSERT(res[0].tensor.data != NULL && res[1].tensor.data != NULL);
+    ASSERT(((uintptr_t)res[0].tensor.data & 63) == 0);
+    ASSERT(((uintptr_t)res[1].tensor.data & 63) == 0);
+    pg_tensor_release(&res[0].tensor);
+    for (int i = 0; i < M * N; i++) {
+        float v = ((const float *)res[1].tensor.data)[i];
+        ASSERT(v >= want[i] - 1e-4f && v <= want[i] + 1e-4f);
+    }
+    pg_tensor_release(&res[1].tensor);
+
+    /* Nothing but A and B is left in the session. */
+    pg_stats_t s;
+    ASSERT_EQ(pg_stats(c, &s), 0);
+    ASSERT_EQ(s.session_tensors, 2);
+    pg_graph_free(g);
+    pg_close(c);
+    ASSERT_EQ(daemon_stop(&d, SIGTERM), 0);
+    return 0;
+}
+
+/* Refused runs: the daemon's code and a message naming the node; no handle is created. */
+TEST_IMPL(graph_errors) {
+    daemon_t d;
+    daemon_start(&d);
+    pg_conn_t *c = pg_connect(d.url, NULL);
+    ASSERT(c != NULL);
+    float x[6] = {1, 2, 3, 4, 5, 6};
+    uint64_t ha, hb;
+    ASSERT_EQ(pg_put(c, PG_FLOAT32, 2, (int64_t[]){2, 3}, x, &ha), 0);
+    ASSERT_EQ(pg_put(c, PG_FLOAT32, 1, (int64_t[]){4}, x, &hb), 0);
+    pg_graph_t *g = pg_graph_new();
+    ASSERT(g != NULL);
+    int a = pg_graph_input(g, ha), b = pg_graph_input(g, hb);
+    int s = pg_graph_op(g, "add", (int[]){a, b}, 2, NULL, 0);
+    ASSERT_EQ(s, 2);
+    pg_output_t out = {.node = s, .keep = 1};
+    pg_result_t res;
+    ASSERT_EQ(pg_run(c, g, &out, 1, &res), -PG_EBAD_SHAPE);
+    ASSERT_EQ(pg_last_error(c)->code, PG_EBAD_SHAPE);
+    fprintf(stderr, "bad shape: %s\n", pg_strerror(c));
+    ASSERT(strstr(pg_last_error(c)->message, "node") != NULL);
+    ASSERT(strstr(pg_last_error(c)->message, "node 2 (add)") != NULL);
+    ASSERT_EQ(res.handle, 0);
+    ASSERT(res.tensor.data == NULL);
+    pg_graph_free(g);
+
+    /* An unknown handle and an unknown op, each named by node. */
+    g = pg_graph_new();
+    ASSERT_EQ(pg_graph_input(g, 9999), 0);
+    out.node = 0;
+    ASSERT_EQ(pg_run(c, g, &out, 1, &res), -PG_EUNKNOWN_HANDLE);
+    ASSERT(strstr(pg_last_error(c)->message, "node 0") != NULL);
+    pg_graph_free(g);
+    g = pg_graph_new();
+    ASSERT_EQ(pg_graph_input(g, ha), 0);
+    ASSERT_EQ(pg_graph_op(g, "no_such_op", (int[]){0}, 1, NULL, 0), 1);
+    out.node = 1;
+    int rc = pg_run(c, g, &out, 1, &res);
+    fprintf(stderr, "unknown op: %s\n", pg_strerror(c));
+    ASSERT(rc == -PG_EUNKNOWN_OP || rc == -PG_EBAD_REQUEST);
+    ASSERT(strstr(pg_last_error(c)->message, "node 1") != NULL);
+    /* Client-side: an output that names no node is refused before sending. */
+    out.node = 7;
+    ASSERT_EQ(pg_run(c, g, &out, 1, &res), -PG_EBAD_REQUEST);
+    pg_graph_free(g);
+
+    /* The connection is still usable and only A and B exist. */
+    pg_stats_t st;
+    ASSERT_EQ(pg_stats(c, &st), 0);
+    ASSERT_EQ(st.session_tensors, 2);
+    pg_close(c);
+    ASSERT_EQ(daemon_stop(&d, SIGTERM), 0);
+    return 0;
+}
+
 #define TEST_LIST(X)                                                                               \
     X(put_get_every_dtype)                                                                         \
     X(errors_and_stats)                                                                            \
-    X(dead_daemon_then_reconnect)
+    X(dead_daemon_then_reconnect)                                                                  \
+    X(graph_matmul_relu)                                                                           \
+    X(graph_errors)
 
 int main(int argc, char **argv) {
     static const task_entry_t tests[] = {TEST_LIST(TASK_ENTRY)};

@@ -104,6 +104,170 @@ PG_API const char *pg_dtype_name(pg_dtype_t dtype);
 /* The item size of a dtype in bytes, or 0. */
 PG_API size_t pg_dtype_size(pg_dtype_t dtype);
 
+/* =============================================================================================
+ * Graphs: the `run` op (PROTOCOL.md section 6)
+ *
+ * A graph is a list of nodes in topological order; each builder call appends one node and returns
+ * its index, which later nodes name as an input. Nothing is sent until pg_run(), and a graph can
+ * be run any number of times, on any connection whose session owns its input handles.
+ *
+ *   pg_graph_t *g = pg_graph_new();
+ *   int a = pg_graph_input(g, ha), b = pg_graph_input(g, hb);
+ *   int ab = pg_graph_op(g, "matmul", (int[]){a, b}, 2, NULL, 0);
+ *   int y = pg_graph_op(g, "relu", &ab, 1, NULL, 0);
+ *   pg_attr_t dim = pg_attr_int("dim", -1);
+ *   int p = pg_graph_op(g, "softmax", &y, 1, &dim, 1);
+ *   pg_output_t outs[2] = {{y, 1}, {p, 0}};   // keep y in the daemon, return p's data
+ *   pg_result_t res[2];
+ *   if (pg_run(c, g, outs, 2, res) == 0) {     // res[0].handle, res[1].tensor.data
+ *       pg_free(c, res[0].handle);
+ *       pg_tensor_release(&res[1].tensor);
+ *   }
+ *   pg_graph_free(g);
+ *
+ * Builder calls check what the client can check alone (input indices, attribute kinds, dtype,
+ * shape, the node and input limits) and add nothing on failure; the daemon checks the rest when
+ * the graph runs, and its error message names the node: "node 3 (add): shapes [2, 3] and [4] do
+ * not broadcast". A graph is not thread-safe; build it from one thread.
+ * =========================================================================================== */
+
+#define PG_GRAPH_MAX_NODES 65536 /* nodes in one graph (the protocol's limit) */
+#define PG_GRAPH_MAX_INPUTS 1024 /* inputs of one node */
+#define PG_NONE INT64_MIN        /* a nil entry in a PG_ATTR_SLICES list */
+
+typedef struct pg_graph pg_graph_t;
+
+/* The kind of an attribute value, i.e. the msgpack type it travels as. */
+typedef enum {
+    PG_ATTR_INT,    /* i: an integer */
+    PG_ATTR_FLOAT,  /* f: a float (msgpack float 64) */
+    PG_ATTR_BOOL,   /* i: false when 0, true otherwise */
+    PG_ATTR_STR,    /* s: a NUL-terminated UTF-8 string */
+    PG_ATTR_INTS,   /* ints[0..nints): an array of integers (a shape, dims, a padding) */
+    PG_ATTR_NIL,    /* nil ("no bound" for clamp's min or max) */
+    PG_ATTR_SLICES, /* ints[0..3*nints): nints [start, stop, step] arrays; PG_NONE packs nil */
+    PG_ATTR_COUNT
+} pg_attr_kind_t;
+
+/* One attribute of a node: a name and a tagged value. Every pointer is borrowed by the builder
+ * call only (the value is packed at once). Use the pg_attr_*() constructors below. */
+typedef struct {
+    const char *name;     /* the attribute's key: "dim", "shape", "reduction", ... */
+    pg_attr_kind_t kind;  /* which of the fields below holds the value */
+    int64_t i;            /* PG_ATTR_INT, PG_ATTR_BOOL */
+    double f;             /* PG_ATTR_FLOAT */
+    const char *s;        /* PG_ATTR_STR */
+    const int64_t *ints;  /* PG_ATTR_INTS, PG_ATTR_SLICES */
+    int nints;            /* PG_ATTR_INTS: entries of ints; PG_ATTR_SLICES: triples */
+} pg_attr_t;
+
+static inline pg_attr_t pg_attr_int(const char *name, int64_t v) {
+    pg_attr_t a = {0};
+    a.name = name;
+    a.kind = PG_ATTR_INT;
+    a.i = v;
+    return a;
+}
+static inline pg_attr_t pg_attr_float(const char *name, double v) {
+    pg_attr_t a = {0};
+    a.name = name;
+    a.kind = PG_ATTR_FLOAT;
+    a.f = v;
+    return a;
+}
+static inline pg_attr_t pg_attr_bool(const char *name, int v) {
+    pg_attr_t a = {0};
+    a.name = name;
+    a.kind = PG_ATTR_BOOL;
+    a.i = v != 0;
+    return a;
+}
+static inline pg_attr_t pg_attr_str(const char *name, const char *v) {
+    pg_attr_t a = {0};
+    a.name = name;
+    a.kind = PG_ATTR_STR;
+    a.s = v;
+    return a;
+}
+static inline pg_attr_t pg_attr_ints(const char *name, const int64_t *v, int n) {
+    pg_attr_t a = {0};
+    a.name = name;
+    a.kind = PG_ATTR_INTS;
+    a.ints = v;
+    a.nints = n;
+    return a;
+}
+static inline pg_attr_t pg_attr_nil(const char *name) {
+    pg_attr_t a = {0};
+    a.name = name;
+    a.kind = PG_ATTR_NIL;
+    return a;
+}
+/* v holds n triples {start, stop, step}; PG_NONE stands for a nil (default) entry. */
+static inline pg_attr_t pg_attr_slices(const char *name, const int64_t *v, int n) {
+    pg_attr_t a = {0};
+    a.name = name;
+    a.kind = PG_ATTR_SLICES;
+    a.ints = v;
+    a.nints = n;
+    return a;
+}
+
+/* An output of a run: a node index, and whether its result stays in the daemon. */
+typedef struct {
+    int node; /* index returned by a builder call */
+    int keep; /* nonzero: store as a new handle; 0: return the data inline */
+} pg_output_t;
+
+/* One output's result, in the order the outputs were requested. */
+typedef struct {
+    uint64_t handle;    /* kept outputs: the new handle (free with pg_free()); 0 when inline */
+    pg_tensor_t tensor; /* dtype, rank, shape, numel, nbytes always; data only when inline:
+                         * 64-byte aligned, owned by this result (pg_tensor_release()) */
+} pg_result_t;
+
+/* Returns a new empty graph (free with pg_graph_free()), or NULL when out of memory. */
+PG_API pg_graph_t *pg_graph_new(void);
+/* Frees a graph. NULL is ignored. Results of earlier runs are not affected. */
+PG_API void pg_graph_free(pg_graph_t *g);
+/* The error of the last failed builder call on g (code 0 when the last call succeeded). */
+PG_API const pg_error_t *pg_graph_last_error(const pg_graph_t *g);
+/* The number of nodes in g. */
+PG_API int pg_graph_size(const pg_graph_t *g);
+
+/* Adds an `input` node: the session tensor named by handle (checked when the graph runs).
+ * Returns the node index (>= 0) or a negative -PG_E* code. */
+PG_API int pg_graph_input(pg_graph_t *g, uint64_t handle);
+/* Adds a `const` node holding a copy of a C-contiguous tensor of rank 0..8 (data is read now,
+ * may be NULL when the tensor is empty). Returns the node index or a negative code. */
+PG_API int pg_graph_const(pg_graph_t *g, pg_dtype_t dtype, int rank, const int64_t *shape,
+                          const void *data);
+/* Adds a weak scalar: a `const` with a float `value` and no dtype, which behaves like a Python
+ * float (it keeps a float tensor's dtype and turns an integer tensor into float32). For a
+ * Python-int scalar: `pg_attr_t v = pg_attr_int("value", 3); pg_graph_op(g, "const", NULL, 0,
+ * &v, 1)`.
+ * Returns the node index or a negative code. */
+PG_API int pg_graph_scalar(pg_graph_t *g, double value);
+/* Adds a node running op (a name from PROTOCOL.md section 6) on inputs[0..ninputs) (earlier node
+ * indices; NULL when ninputs is 0) with attrs[0..nattrs) (NULL when nattrs is 0). Every pointer
+ * is borrowed for the call only. The names "op" and "in" and repeated names are refused.
+ * Returns the node index or a negative code; the daemon checks the op and its attributes. */
+PG_API int pg_graph_op(pg_graph_t *g, const char *op, const int *inputs, int ninputs,
+                       const pg_attr_t *attrs, int nattrs);
+
+/*
+ * Runs g in c's session and fills results[0..nouts) in the order of outs[0..nouts). g is
+ * borrowed and unchanged. Kept outputs get a new handle and their tensor's dtype and shape (data
+ * NULL); inline outputs get their data in a buffer each result owns: the largest inline output
+ * takes the reply buffer itself when its bytes lie 64-byte aligned in it (no copy), every other
+ * is copied into its own 64-byte aligned allocation. Release every result's tensor with
+ * pg_tensor_release() (harmless for kept ones) and free kept handles with pg_free().
+ * Returns 0, or a negative code with pg_last_error() holding the daemon's message ("node 3
+ * (add): ..."); on failure results are zeroed and no handle is left behind.
+ */
+PG_API int pg_run(pg_conn_t *c, const pg_graph_t *g, const pg_output_t *outs, int nouts,
+                  pg_result_t *results);
+
 #ifdef __cplusplus
 }
 #endif

@@ -4,10 +4,10 @@
  * Requests are packed with msgpack-c; a put's payload is not copied into the request buffer but
  * sent as a second iovec after it. Replies are read whole into one buffer whose body starts 4 bytes
  * after a 64-byte boundary: the daemon aligns a get's tensor bytes to 64 bytes from the frame start,
- * so pg_get() can hand out a pointer into that buffer instead of copying.
+ * so pg_get() can hand out a pointer into that buffer instead of copying. The round trip and the
+ * request packing are shared with graph.c (the `run` op) through internal.h.
  */
-#include "picograd.h"
-#include "proto.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -22,18 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-struct pg_conn {
-    int fd;              /* -1 when disconnected */
-    char url[512];       /* where to reconnect */
-    uint64_t next_id;    /* request ids, increasing */
-    pg_error_t err;      /* the last error */
-    char errbuf[300];    /* pg_strerror's text */
-};
-
-static int set_err(pg_error_t *e, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int set_err(pg_error_t *e, int code, const char *fmt, ...) {
+int pg__set_err(pg_error_t *e, int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     e->code = code;
@@ -48,8 +37,8 @@ static int lost(pg_conn_t *c, const char *what) {
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
-    return set_err(&c->err, PG_EDISCONNECTED, "%s: %s", what,
-                   e ? strerror(e) : "the daemon closed the connection");
+    return pg__set_err(&c->err, PG_EDISCONNECTED, "%s: %s", what,
+                       e ? strerror(e) : "the daemon closed the connection");
 }
 
 /* =============================================================================================
@@ -60,13 +49,13 @@ static int dial(const char *url, pg_error_t *err) {
     proto_url_t u;
     proto_err_t perr;
     if (proto_parse_url(url, &u, &perr) != 0)
-        return set_err(err, PG_EBAD_REQUEST, "%s", perr.message), -1;
+        return pg__set_err(err, PG_EBAD_REQUEST, "%s", perr.message), -1;
     if (u.kind == PROTO_URL_UNIX) {
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
         snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", u.path);
         if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-            set_err(err, PG_EDISCONNECTED, "cannot connect to %s: %s", url, strerror(errno));
+            pg__set_err(err, PG_EDISCONNECTED, "cannot connect to %s: %s", url, strerror(errno));
             if (fd >= 0)
                 close(fd);
             return -1;
@@ -78,7 +67,8 @@ static int dial(const char *url, pg_error_t *err) {
     snprintf(port, sizeof(port), "%u", (unsigned)u.port);
     int gai = getaddrinfo(u.host, port, &hints, &ai);
     if (gai != 0)
-        return set_err(err, PG_EDISCONNECTED, "cannot resolve %s: %s", u.host, gai_strerror(gai)),
+        return pg__set_err(err, PG_EDISCONNECTED, "cannot resolve %s: %s", u.host,
+                           gai_strerror(gai)),
                -1;
     int fd = -1;
     for (p = ai; p; p = p->ai_next) {
@@ -91,7 +81,8 @@ static int dial(const char *url, pg_error_t *err) {
     }
     freeaddrinfo(ai);
     if (fd < 0)
-        return set_err(err, PG_EDISCONNECTED, "cannot connect to %s: %s", url, strerror(errno)),
+        return pg__set_err(err, PG_EDISCONNECTED, "cannot connect to %s: %s", url,
+                           strerror(errno)),
                -1;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -142,35 +133,29 @@ static int recv_all(pg_conn_t *c, void *buf, size_t n) {
  * One round trip
  * =========================================================================================== */
 
-/* A decoded reply; frame owns the bytes msg points into. */
-typedef struct {
-    uint8_t *frame;
-    msgpack_unpacked msg;
-    const msgpack_object *map;
-} reply_t;
-
-static void reply_free(reply_t *r) {
+void pg__reply_free(pg__reply_t *r) {
     msgpack_unpacked_destroy(&r->msg);
     free(r->frame);
     r->frame = NULL;
 }
 
 /*
- * Sends the request packed in sb (a map of `entries` entries already holding op fields, to which
- * "id" is appended here), followed by `extra` raw bytes (a bin body), and reads the reply into r.
+ * Sends the request packed in sb (a map whose fields, "id" included, the caller packed), followed
+ * by `extra` raw bytes (a bin body), and reads the reply into r (see internal.h).
  * On a daemon error the reply is freed and its code returned.
  */
-static int roundtrip(pg_conn_t *c, msgpack_sbuffer *sb, const void *extra, size_t extra_len,
-                     reply_t *r) {
+int pg__roundtrip(pg_conn_t *c, msgpack_sbuffer *sb, const void *extra, size_t extra_len,
+                  pg__reply_t *r) {
     memset(r, 0, sizeof(*r));
     msgpack_unpacked_init(&r->msg);
     if (c->fd < 0)
-        return set_err(&c->err, PG_EDISCONNECTED, "not connected (call pg_reconnect)");
+        return pg__set_err(&c->err, PG_EDISCONNECTED, "not connected (call pg_reconnect)");
     uint64_t id = c->next_id++;
     uint64_t body = sb->size - 4 + extra_len;
     if (body > 0xffffffffu)
-        return set_err(&c->err, PG_ETOO_LARGE, "a request of %llu bytes does not fit a frame",
-                       (unsigned long long)body);
+        return pg__set_err(&c->err, PG_ETOO_LARGE,
+                           "a request of %llu bytes does not fit a frame",
+                           (unsigned long long)body);
     proto_put_len((uint8_t *)sb->data, (uint32_t)body);
     struct iovec iov[2] = {{sb->data, sb->size}, {(void *)extra, extra_len}};
     int rc = send_all(c, iov, extra_len ? 2 : 1);
@@ -187,17 +172,17 @@ static int roundtrip(pg_conn_t *c, msgpack_sbuffer *sb, const void *extra, size_
     r->frame = mem;
     uint8_t *b = r->frame + 4; /* as if the prefix sat at the aligned start, like on the wire */
     if ((rc = recv_all(c, b, n)) != 0) {
-        reply_free(r);
+        pg__reply_free(r);
         return rc;
     }
     proto_err_t perr;
     size_t off = 0;
     if (proto_check_map(b, n, &perr) != 0 ||
         msgpack_unpack_next(&r->msg, (const char *)b, n, &off) != MSGPACK_UNPACK_SUCCESS) {
-        reply_free(r);
+        pg__reply_free(r);
         errno = 0;
         lost(c, "malformed reply");
-        return set_err(&c->err, PG_EDISCONNECTED, "malformed reply from the daemon");
+        return pg__set_err(&c->err, PG_EDISCONNECTED, "malformed reply from the daemon");
     }
     r->map = &r->msg.data;
     uint64_t rid;
@@ -210,12 +195,12 @@ static int roundtrip(pg_conn_t *c, msgpack_sbuffer *sb, const void *extra, size_
         size_t cl = 0, ml = 0;
         if (err && proto_get_str(err, "code", &code, &cl, &perr) == 0 &&
             proto_get_str(err, "message", &msg, &ml, &perr) == 0) {
-            set_err(&c->err, PG_EBAD_FRAME, "%.*s: %.*s", (int)cl, code, (int)ml, msg);
+            pg__set_err(&c->err, PG_EBAD_FRAME, "%.*s: %.*s", (int)cl, code, (int)ml, msg);
         } else {
-            set_err(&c->err, PG_EDISCONNECTED, "reply id does not match request %llu",
-                    (unsigned long long)id);
+            pg__set_err(&c->err, PG_EDISCONNECTED, "reply id does not match request %llu",
+                        (unsigned long long)id);
         }
-        reply_free(r);
+        pg__reply_free(r);
         close(c->fd);
         c->fd = -1;
         return -c->err.code;
@@ -232,8 +217,8 @@ static int roundtrip(pg_conn_t *c, msgpack_sbuffer *sb, const void *extra, size_
         for (int i = 1; i < PG_ERROR_COUNT; i++)
             if (strlen(proto_error_name(i)) == cl && memcmp(proto_error_name(i), code, cl) == 0)
                 ec = i;
-        set_err(&c->err, ec, "%.*s", (int)ml, msg);
-        reply_free(r);
+        pg__set_err(&c->err, ec, "%.*s", (int)ml, msg);
+        pg__reply_free(r);
         return -ec;
     }
     c->err.code = 0;
@@ -242,7 +227,7 @@ static int roundtrip(pg_conn_t *c, msgpack_sbuffer *sb, const void *extra, size_
 }
 
 /* Starts a request map of `fields` op fields + id + op, with the 4 prefix bytes reserved. */
-static void begin(msgpack_sbuffer *sb, msgpack_packer *pk, const char *op, uint32_t fields) {
+void pg__begin(msgpack_sbuffer *sb, msgpack_packer *pk, const char *op, uint32_t fields) {
     msgpack_sbuffer_init(sb);
     msgpack_sbuffer_write(sb, "\0\0\0\0", 4);
     msgpack_packer_init(pk, sb, msgpack_sbuffer_write);
@@ -251,7 +236,7 @@ static void begin(msgpack_sbuffer *sb, msgpack_packer *pk, const char *op, uint3
     proto_pack_cstr(pk, op);
 }
 
-static void add_id(pg_conn_t *c, msgpack_packer *pk) {
+void pg__add_id(pg_conn_t *c, msgpack_packer *pk) {
     proto_pack_cstr(pk, "id");
     msgpack_pack_uint64(pk, c->next_id);
 }
@@ -260,17 +245,17 @@ static void add_id(pg_conn_t *c, msgpack_packer *pk) {
 static int simple(pg_conn_t *c, const char *op, const char *key, uint64_t val) {
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    reply_t r;
-    begin(&sb, &pk, op, key ? 1 : 0);
+    pg__reply_t r;
+    pg__begin(&sb, &pk, op, key ? 1 : 0);
     if (key) {
         proto_pack_cstr(&pk, key);
         msgpack_pack_uint64(&pk, val);
     }
-    add_id(c, &pk);
-    int rc = roundtrip(c, &sb, NULL, 0, &r);
+    pg__add_id(c, &pk);
+    int rc = pg__roundtrip(c, &sb, NULL, 0, &r);
     msgpack_sbuffer_destroy(&sb);
     if (rc == 0)
-        reply_free(&r);
+        pg__reply_free(&r);
     return rc;
 }
 
@@ -281,17 +266,17 @@ static int simple(pg_conn_t *c, const char *op, const char *key, uint64_t val) {
 static int hello(pg_conn_t *c) {
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    reply_t r;
-    begin(&sb, &pk, "hello", 2);
+    pg__reply_t r;
+    pg__begin(&sb, &pk, "hello", 2);
     proto_pack_cstr(&pk, "version");
     msgpack_pack_uint32(&pk, PROTO_VERSION);
     proto_pack_cstr(&pk, "client");
     proto_pack_cstr(&pk, "picograd-c");
-    add_id(c, &pk);
-    int rc = roundtrip(c, &sb, NULL, 0, &r);
+    pg__add_id(c, &pk);
+    int rc = pg__roundtrip(c, &sb, NULL, 0, &r);
     msgpack_sbuffer_destroy(&sb);
     if (rc == 0)
-        reply_free(&r);
+        pg__reply_free(&r);
     return rc;
 }
 
@@ -301,7 +286,7 @@ pg_conn_t *pg_connect(const char *url, pg_error_t *err) {
         err = &local;
     pg_conn_t *c = calloc(1, sizeof(*c));
     if (!c) {
-        set_err(err, PG_EOUT_OF_MEMORY, "no memory for a connection");
+        pg__set_err(err, PG_EOUT_OF_MEMORY, "no memory for a connection");
         return NULL;
     }
     if (url)
@@ -347,39 +332,40 @@ int pg_put(pg_conn_t *c, pg_dtype_t dtype, int rank, const int64_t *shape, const
            uint64_t *handle) {
     size_t item = proto_dtype_size(dtype);
     if (item == 0)
-        return set_err(&c->err, PG_EBAD_DTYPE, "dtype %d is not one of PG_DTYPE_MAP", (int)dtype);
+        return pg__set_err(&c->err, PG_EBAD_DTYPE, "dtype %d is not one of PG_DTYPE_MAP",
+                           (int)dtype);
     if (rank < 0 || rank > PG_MAX_RANK)
-        return set_err(&c->err, PG_EBAD_SHAPE, "rank %d is not 0 to %d", rank, PG_MAX_RANK);
+        return pg__set_err(&c->err, PG_EBAD_SHAPE, "rank %d is not 0 to %d", rank, PG_MAX_RANK);
     uint64_t n = 1;
     for (int i = 0; i < rank; i++) {
         if (shape[i] < 0)
-            return set_err(&c->err, PG_EBAD_SHAPE, "dim %d is negative", i);
+            return pg__set_err(&c->err, PG_EBAD_SHAPE, "dim %d is negative", i);
         if (shape[i] != 0 && n > UINT64_MAX / 2 / (uint64_t)shape[i] / item)
-            return set_err(&c->err, PG_EBAD_SHAPE, "the shape's byte size overflows");
+            return pg__set_err(&c->err, PG_EBAD_SHAPE, "the shape's byte size overflows");
         n *= (uint64_t)shape[i];
     }
     uint64_t nbytes = n * item;
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    reply_t r;
-    begin(&sb, &pk, "put", 3);
+    pg__reply_t r;
+    pg__begin(&sb, &pk, "put", 3);
     proto_pack_cstr(&pk, "dtype");
     proto_pack_cstr(&pk, proto_dtype_name(dtype));
     proto_pack_cstr(&pk, "shape");
     msgpack_pack_array(&pk, (size_t)rank);
     for (int i = 0; i < rank; i++)
         msgpack_pack_int64(&pk, shape[i]);
-    add_id(c, &pk);
+    pg__add_id(c, &pk);
     proto_pack_cstr(&pk, "data"); /* last, so its bytes can follow as a second iovec */
     msgpack_pack_bin(&pk, (size_t)nbytes);
-    int rc = roundtrip(c, &sb, data, (size_t)nbytes, &r);
+    int rc = pg__roundtrip(c, &sb, data, (size_t)nbytes, &r);
     msgpack_sbuffer_destroy(&sb);
     if (rc)
         return rc;
     proto_err_t perr;
     if (proto_get_uint(r.map, "handle", handle, &perr) != 0)
-        rc = set_err(&c->err, PG_EINTERNAL, "put reply: %s", perr.message);
-    reply_free(&r);
+        rc = pg__set_err(&c->err, PG_EINTERNAL, "put reply: %s", perr.message);
+    pg__reply_free(&r);
     return rc;
 }
 
@@ -387,12 +373,12 @@ int pg_get(pg_conn_t *c, uint64_t handle, pg_tensor_t *out) {
     memset(out, 0, sizeof(*out));
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    reply_t r;
-    begin(&sb, &pk, "get", 1);
+    pg__reply_t r;
+    pg__begin(&sb, &pk, "get", 1);
     proto_pack_cstr(&pk, "handle");
     msgpack_pack_uint64(&pk, handle);
-    add_id(c, &pk);
-    int rc = roundtrip(c, &sb, NULL, 0, &r);
+    pg__add_id(c, &pk);
+    int rc = pg__roundtrip(c, &sb, NULL, 0, &r);
     msgpack_sbuffer_destroy(&sb);
     if (rc)
         return rc;
@@ -407,8 +393,8 @@ int pg_get(pg_conn_t *c, uint64_t handle, pg_tensor_t *out) {
         proto_get_shape(r.map, "shape", proto_dtype_size(dt), dims, &rank, &numel, &nbytes,
                         &perr) ||
         proto_get_bin(r.map, "data", &data, &len, &perr) || len != nbytes) {
-        reply_free(&r);
-        return set_err(&c->err, PG_EINTERNAL, "malformed get reply");
+        pg__reply_free(&r);
+        return pg__set_err(&c->err, PG_EINTERNAL, "malformed get reply");
     }
     out->dtype = dt;
     out->rank = rank;
@@ -418,17 +404,17 @@ int pg_get(pg_conn_t *c, uint64_t handle, pg_tensor_t *out) {
     out->data = nbytes ? (void *)data : NULL;
     out->frame_ = r.frame; /* data points into it */
     r.frame = NULL;
-    reply_free(&r);
+    pg__reply_free(&r);
     return 0;
 }
 
 int pg_stats(pg_conn_t *c, pg_stats_t *out) {
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    reply_t r;
-    begin(&sb, &pk, "stats", 0);
-    add_id(c, &pk);
-    int rc = roundtrip(c, &sb, NULL, 0, &r);
+    pg__reply_t r;
+    pg__begin(&sb, &pk, "stats", 0);
+    pg__add_id(c, &pk);
+    int rc = pg__roundtrip(c, &sb, NULL, 0, &r);
     msgpack_sbuffer_destroy(&sb);
     if (rc)
         return rc;
@@ -443,8 +429,8 @@ int pg_stats(pg_conn_t *c, pg_stats_t *out) {
         proto_get_uint(r.map, "requests", &out->requests, &perr) ||
         proto_get_uint(s, "tensors", &out->session_tensors, &perr) ||
         proto_get_uint(s, "bytes", &out->session_bytes, &perr))
-        rc = set_err(&c->err, PG_EINTERNAL, "stats reply: %s", perr.message);
-    reply_free(&r);
+        rc = pg__set_err(&c->err, PG_EINTERNAL, "stats reply: %s", perr.message);
+    pg__reply_free(&r);
     return rc;
 }
 

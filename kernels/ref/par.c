@@ -1,0 +1,143 @@
+/*
+ * par.c - the reference interpreter's small persistent thread pool and its parallel_for.
+ *
+ * Starting threads per loop would cost more than most loops, so ref_set_threads() starts n - 1
+ * workers once and they sleep on a condition variable between jobs. A job is one loop split into
+ * chunks; workers and the calling thread take chunks from an atomic counter until none are left,
+ * and the caller waits for the workers to check out before the job's memory goes away.
+ *
+ * The daemon runs graphs on several compute workers at once, so two evaluations can reach
+ * ref__parallel_for together. Only one job uses the pool at a time (`busy`); a loop that finds it
+ * taken runs on its own thread. That can never change a result: how a loop is split never does.
+ */
+#include "ref_impl.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define CHUNKS_PER_THREAD 4 /* smaller chunks than threads even out uneven rows */
+
+static struct {
+    pthread_mutex_t busy;          /* held by the one job using the pool, and by ref_set_threads */
+    pthread_mutex_t lock;          /* protects the fields below down to `pending` */
+    pthread_cond_t wake;           /* workers wait here for a new generation or quit */
+    pthread_cond_t done;           /* the caller waits here for pending to reach 0 */
+    uint64_t gen;                  /* bumped for each job */
+    bool quit;                     /* workers exit when they see it */
+    int pending;                   /* workers still inside the current job */
+    int nworkers;                  /* threads started (the caller makes one more) */
+    pthread_t threads[REF_MAX_THREADS];
+    /* The current job, written under `lock` before gen is bumped. */
+    ref__chunk_fn fn;
+    void *ctx;
+    uint64_t n;                    /* items */
+    uint64_t nchunks;              /* chunks the items are split into */
+    atomic_uint_fast64_t next;     /* the next chunk to take */
+} pool = {
+    .busy = PTHREAD_MUTEX_INITIALIZER,
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .wake = PTHREAD_COND_INITIALIZER,
+    .done = PTHREAD_COND_INITIALIZER,
+};
+
+/* Takes and runs chunks of the current job until none are left. */
+static void run_chunks(ref__chunk_fn fn, void *ctx, uint64_t n, uint64_t nchunks) {
+    uint64_t q = n / nchunks, r = n % nchunks;
+    for (;;) {
+        uint64_t c = atomic_fetch_add(&pool.next, 1);
+        if (c >= nchunks)
+            return;
+        /* Chunk c covers q items plus one more for the first r chunks. */
+        uint64_t begin = c * q + (c < r ? c : r);
+        uint64_t end = begin + q + (c < r ? 1 : 0);
+        fn(ctx, begin, end);
+    }
+}
+
+/* arg is the generation current when the worker was created: a job posted before the thread
+ * first takes the lock still counts this worker in `pending`, so it must not be skipped. */
+static void *worker_main(void *arg) {
+    uint64_t seen = (uint64_t)(uintptr_t)arg;
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (pool.gen == seen && !pool.quit)
+            pthread_cond_wait(&pool.wake, &pool.lock);
+        if (pool.quit)
+            break;
+        seen = pool.gen;
+        ref__chunk_fn fn = pool.fn;
+        void *ctx = pool.ctx;
+        uint64_t n = pool.n, nchunks = pool.nchunks;
+        pthread_mutex_unlock(&pool.lock);
+        run_chunks(fn, ctx, n, nchunks);
+        pthread_mutex_lock(&pool.lock);
+        if (--pool.pending == 0)
+            pthread_cond_signal(&pool.done);
+    }
+    pthread_mutex_unlock(&pool.lock);
+    return NULL;
+}
+
+/* Stops and joins every worker. Call with `busy` held. */
+static void stop_workers(void) {
+    pthread_mutex_lock(&pool.lock);
+    pool.quit = true;
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    for (int k = 0; k < pool.nworkers; k++)
+        pthread_join(pool.threads[k], NULL);
+    pool.nworkers = 0;
+    pool.quit = false;
+}
+
+void ref_set_threads(int n) {
+    if (n < 1)
+        n = 1;
+    if (n > REF_MAX_THREADS)
+        n = REF_MAX_THREADS;
+    pthread_mutex_lock(&pool.busy);
+    stop_workers();
+    /* A worker that cannot be started only makes loops slower, so it is not an error. */
+    for (int k = 0; k < n - 1; k++) {
+        if (pthread_create(&pool.threads[k], NULL, worker_main, (void *)(uintptr_t)pool.gen) != 0)
+            break;
+        pool.nworkers++;
+    }
+    pthread_mutex_unlock(&pool.busy);
+}
+
+void ref__parallel_for(uint64_t n, uint64_t cost, ref__chunk_fn fn, void *ctx) {
+    if (n == 0)
+        return;
+    uint64_t work = cost == 0 ? n : (n > UINT64_MAX / cost ? UINT64_MAX : n * cost);
+    if (n < 2 || work < REF_PAR_MIN_WORK || pthread_mutex_trylock(&pool.busy) != 0) {
+        fn(ctx, 0, n);
+        return;
+    }
+    if (pool.nworkers == 0) {
+        pthread_mutex_unlock(&pool.busy);
+        fn(ctx, 0, n);
+        return;
+    }
+    uint64_t nchunks = (uint64_t)(pool.nworkers + 1) * CHUNKS_PER_THREAD;
+    if (nchunks > n)
+        nchunks = n;
+    pthread_mutex_lock(&pool.lock);
+    pool.fn = fn;
+    pool.ctx = ctx;
+    pool.n = n;
+    pool.nchunks = nchunks;
+    atomic_store(&pool.next, 0);
+    pool.pending = pool.nworkers;
+    pool.gen++;
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+
+    run_chunks(fn, ctx, n, nchunks);
+
+    pthread_mutex_lock(&pool.lock);
+    while (pool.pending > 0)
+        pthread_cond_wait(&pool.done, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&pool.busy);
+}

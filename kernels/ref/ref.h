@@ -1,0 +1,45 @@
+/*
+ * ref.h - the reference interpreter: runs one primitive node at a time on strided views.
+ *
+ * It is the oracle that every compiled path is tested against, so it is written to be obviously
+ * right rather than fast: one loop per primitive over output elements, an N-d index per element.
+ * Views (reshape of contiguous data, permute, expand, slice, flip, window) cost no copy: they
+ * share their input's storage with new shape, strides and offset.
+ */
+#ifndef PG_REF_H
+#define PG_REF_H
+
+#include "../../server/graph/graph.h"
+
+/* A value: a strided view into a tensor's storage. Strides and offset count elements; a stride may
+ * be 0 (expand) or negative (flip). */
+typedef struct {
+    tensor_t *t;                    /* the storage (a reference, owned); NULL when numel is 0 */
+    int64_t off;                    /* element offset of index [0, ..., 0] */
+    int rank;
+    int64_t shape[PROTO_MAX_RANK];
+    int64_t strides[PROTO_MAX_RANK];
+    pg_dtype_t dtype;
+} ref_view_t;
+
+/* Sets how many threads large elementwise loops and reductions may use (>= 1). Call once at
+ * start; the interpreter keeps its own threads. */
+void ref_set_threads(int n);
+
+/*
+ * Evaluates node i of g into vals[i], reading vals of its inputs (already evaluated, borrowed).
+ * Allocates results with tensor_new (the memory budget applies). Returns 0, or a negative PG_E*
+ * with err naming node i (e.g. an out-of-range gather index: PG_EBAD_REQUEST; no memory:
+ * PG_EOUT_OF_MEMORY). On failure vals[i] is left empty.
+ */
+int ref_eval(const graph_t *g, int32_t i, ref_view_t *vals, proto_err_t *err);
+
+/* Makes a contiguous, zero-offset tensor holding v's elements (a new reference in *out; when v is
+ * already contiguous with offset 0 and covers its whole tensor, that tensor is returned with a new
+ * reference). Returns 0 or -PG_EOUT_OF_MEMORY. */
+int ref_materialize(const ref_view_t *v, tensor_t **out, proto_err_t *err);
+
+/* Drops v's storage reference and zeroes it. */
+void ref_view_release(ref_view_t *v);
+
+#endif /* PG_REF_H */
