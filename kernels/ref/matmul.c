@@ -58,7 +58,8 @@ static void naive_chunk(void *arg, uint64_t begin, uint64_t end) {
         if (ref__is_float(a->dtype)) {
             double acc = 0;
             for (int64_t q = 0; q < c->k; q++)
-                acc += ref__ld_f(ad, a->dtype, ao + q * sak) * ref__ld_f(bd, b->dtype, bo + q * sbk);
+                acc += ref__ld_f(ad, a->dtype, ao + q * sak) *
+                       ref__ld_f(bd, b->dtype, bo + q * sbk);
             ref__st_f(od, c->out->dtype, (int64_t)j, acc);
         } else {
             uint64_t acc = 0;

@@ -34,9 +34,10 @@ void ref_set_threads(int n);
  */
 int ref_eval(const graph_t *g, int32_t i, ref_view_t *vals, proto_err_t *err);
 
-/* Makes a contiguous, zero-offset tensor holding v's elements (a new reference in *out; when v is
- * already contiguous with offset 0 and covers its whole tensor, that tensor is returned with a new
- * reference). Returns 0 or -PG_EOUT_OF_MEMORY. */
+/* Makes a contiguous, zero-offset tensor with v's shape, dtype and elements (a new reference in
+ * *out). When v is exactly its tensor (contiguous, offset 0, same rank, shape and dtype), that
+ * tensor is returned with a new reference; otherwise the elements are copied, so the tensor's
+ * own shape always describes the result. Returns 0 or -PG_EOUT_OF_MEMORY. */
 int ref_materialize(const ref_view_t *v, tensor_t **out, proto_err_t *err);
 
 /* Drops v's storage reference and zeroes it. */

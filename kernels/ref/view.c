@@ -182,6 +182,7 @@ static int view_reshape(const graph_t *g, int32_t i, const ref_view_t *x, ref_vi
     const gnode_t *n = &g->nodes[i];
     if (ref__numel(x) != n->numel)
         return ref__bad_node(g, i, "reshape changes the element count", err);
+    ref__contiguous_strides(n->rank, n->shape, out->strides);
     if (n->numel == 0) {
         finish_view(n, out);
         return 0;
@@ -195,7 +196,6 @@ static int view_reshape(const graph_t *g, int32_t i, const ref_view_t *x, ref_vi
             return rc;
         out->off = 0;
     }
-    ref__contiguous_strides(n->rank, n->shape, out->strides);
     finish_view(n, out);
     return 0;
 }
@@ -253,13 +253,16 @@ int ref__view(const graph_t *g, int32_t i, const ref_view_t *vals, ref_view_t *o
         }
         break;
     case PRIM_flip:
-        if (n->rank != x->rank)
-            return ref__bad_node(g, i, "flip changes the rank", err);
+        if (n->rank != x->rank ||
+            memcmp(n->shape, x->shape, (size_t)n->rank * sizeof(n->shape[0])) != 0)
+            return ref__bad_node(g, i, "flip changes the shape", err);
         memcpy(out->strides, x->strides, sizeof(out->strides));
-        for (int k = 0; k < a->ndims; k++) {
+        for (int k = 0, seen = 0; k < a->ndims; k++) {
             int64_t d = a->dims[k];
-            if (d < 0 || d >= x->rank)
-                return ref__bad_node(g, i, "flip axis out of range", err);
+            /* Flipping an axis twice would move the offset twice: past the end. */
+            if (d < 0 || d >= x->rank || (seen & (1 << d)))
+                return ref__bad_node(g, i, "flip axes out of range or repeated", err);
+            seen |= 1 << d;
             if (x->shape[d] > 0) {
                 out->off += (x->shape[d] - 1) * x->strides[d];
                 out->strides[d] = -x->strides[d];

@@ -26,8 +26,10 @@ static const struct {
 };
 static_assert(sizeof(prims) / sizeof(prims[0]) == PRIM_COUNT, "ops.def table");
 
-/* Primitive nodes in one graph: the wire limit times the largest lowering (conv2d, ~16 nodes). */
-#define GRAPH_MAX_PRIM_NODES (GRAPH_MAX_NODES * 32)
+/* Primitive nodes in one graph. Lowering multiplies nodes (a conv2d is ~16 primitives), so this
+ * is four times the wire limit: a node costs ~450 bytes, which bounds a graph's own memory to
+ * ~120 MB, not counted against --max-memory. */
+#define GRAPH_MAX_PRIM_NODES (GRAPH_MAX_NODES * 4)
 
 const char *graph_prim_name(prim_t op) { return prims[op].name; }
 prim_kind_t graph_prim_kind(prim_t op) { return prims[op].kind; }
@@ -237,12 +239,18 @@ static int32_t infer(graph_t *g, gnode_t *n, proto_err_t *err) {
             }
             return 0;
         case PRIM_flip: {
+            bool seen[PROTO_MAX_RANK] = {false};
             n->rank = x->rank;
             memcpy(n->shape, x->shape, sizeof(n->shape));
-            for (int k = 0; k < a->ndims; k++)
+            for (int k = 0; k < a->ndims; k++) {
                 if (a->dims[k] < 0 || a->dims[k] >= x->rank)
                     return FAIL(PG_EBAD_REQUEST, "flip: invalid axis %lld for rank %d",
                                 (long long)a->dims[k], x->rank);
+                if (seen[a->dims[k]])
+                    return FAIL(PG_EBAD_REQUEST, "flip: dim %lld appears multiple times",
+                                (long long)a->dims[k]);
+                seen[a->dims[k]] = true;
+            }
             return 0;
         }
         case PRIM_window: {

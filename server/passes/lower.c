@@ -250,13 +250,21 @@ static int order(pg_dtype_t t) {
 
 static int category(pg_dtype_t t) { return t == PG_BOOL ? 0 : is_float(t) ? 2 : 1; }
 
-/* The dtype two operands compute in; a weak side (a Python number) only decides by category. */
+/* PyTorch ranks operands in three priority levels for promotion: tensors with dims (0), zero-dim
+ * tensors (1), Python numbers (2). The highest-priority level decides the dtype unless a lower
+ * level holds a higher category (bool < int < float): then that level's dtype wins, a Python
+ * number standing for the default dtype of its category (float32, int64). */
+static int level(const gnode_t *n) { return n->weak ? 2 : n->rank == 0 ? 1 : 0; }
+
 static pg_dtype_t promote(const gnode_t *a, const gnode_t *b) {
-    if (a->weak == b->weak)
+    int la = level(a), lb = level(b);
+    if (la == lb)
         return order(a->dtype) >= order(b->dtype) ? a->dtype : b->dtype;
-    const gnode_t *strong = a->weak ? b : a, *weak = a->weak ? a : b;
+    const gnode_t *strong = la < lb ? a : b, *weak = la < lb ? b : a;
     if (category(weak->dtype) <= category(strong->dtype))
         return strong->dtype;
+    if (level(weak) == 1)
+        return weak->dtype;
     return category(weak->dtype) == 2 ? PG_FLOAT32 : PG_INT64;
 }
 
@@ -486,13 +494,17 @@ static int32_t r_rand(lctx_t *c) {
  * Rules: elementwise
  * =========================================================================================== */
 
-/* neg abs relu square sign: keep the dtype (bool neg is an error, as in PyTorch). */
+/* neg abs relu square sign keep the dtype. On bool, as in PyTorch: sign is the identity, square
+ * computes in int64, and the others are errors. */
 static int32_t r_unary_keep(lctx_t *c) {
     int32_t x = c->in[0];
-    if (N(x)->dtype == PG_BOOL && c->variant != PRIM_abs && c->variant != PRIM_relu)
-        return fail(c, PG_EBAD_DTYPE, "%s is not defined for bool tensors", c->g->wire_op);
-    if (N(x)->dtype == PG_BOOL)
-        return x;
+    if (N(x)->dtype == PG_BOOL) {
+        if (c->variant == PRIM_sign)
+            return x;
+        if (c->variant != PRIM_square)
+            return fail(c, PG_EBAD_DTYPE, "%s is not defined for bool tensors", c->g->wire_op);
+        TRY(x = cast(c, x, PG_INT64));
+    }
     return prim1(c, c->variant, x);
 }
 
@@ -650,6 +662,12 @@ static int32_t logsumexp(lctx_t *c, int32_t x, const int64_t *dims, int nd, bool
     if (!is_float(N(x)->dtype))
         TRY(x = cast(c, x, PG_FLOAT32));
     pg_dtype_t dt = N(x)->dtype;
+    if (count(c, x, dims, nd) == 0) {
+        /* An empty reduction: log(sum(exp(nothing))) = log(0) = -inf, with no max to subtract. */
+        TRY(e = prim1(c, PRIM_exp, x));
+        TRY(s = reduce(c, PRIM_sum, e, dims, nd, keep));
+        return prim1(c, PRIM_log, s);
+    }
     TRY(m = reduce(c, PRIM_max, x, dims, nd, true));
     TRY(absm = prim1(c, PRIM_abs, m));
     TRY(inf = scalar(c, INFINITY, dt, false));
@@ -1058,6 +1076,8 @@ static int32_t softmax(lctx_t *c, int32_t x, int64_t dim, bool log) {
         TRY(s = softmax(c, x, 0, log));
         return reshape(c, s, 0, NULL);
     }
+    if (N(x)->shape[dim] == 0)
+        return x; /* softmax over an empty axis is the empty tensor itself */
     TRY(m = reduce(c, PRIM_max, x, &dim, 1, true));
     TRY(e = binary(c, PRIM_sub, x, m));
     if (log) {

@@ -1,19 +1,44 @@
 """picograd: the Python client of picogradd, a daemon that holds tensors for its clients.
 
-Connect, upload numpy arrays, get them back by handle:
+Two levels. The tensor API looks like PyTorch and is lazy: ops build a graph that runs in the
+daemon, in one `run` request, when a result is needed:
+
+    import picograd as pg
+    x = pg.tensor([[1.0, 2.0], [3.0, 4.0]])     # uploaded to the default connection
+    y = (x @ x.T).softmax(dim=1)                # nothing sent yet; y.shape is known
+    print(y)                                    # one round trip
+
+The wire level sends requests by hand:
 
     import numpy as np, picograd
-    pg = picograd.connect()              # PICOGRAD_URL, else the default Unix socket
-    h = pg.put(np.ones((2, 3), np.float32))
-    assert (pg.get(h) == 1).all()
-    pg.free(h)
+    conn = picograd.connect()            # PICOGRAD_URL, else the default Unix socket
+    h = conn.put(np.ones((2, 3), np.float32))
+    assert (conn.get(h) == 1).all()
+    conn.free(h)
 
 The wire protocol is protocol/PROTOCOL.md; ``picograd.wire`` implements it and ``picograd.client``
-wraps it in ``Connection``.
+wraps it in ``Connection``. ``picograd.tensor`` holds the Tensor and graph execution,
+``picograd.shapes`` the shape and dtype rules, ``picograd.functional`` the pg.* functions and
+``picograd.nn.functional`` the layers and losses.
 """
 
 from .client import DTYPES, Connection, connect, default_connection
 from .wire import PicogradError, default_url, parse_url
+
+from . import dtypes
+from .dtypes import DType, as_dtype, float32, float64, int32, int64
+from .dtypes import bool_ as bool  # pg.bool, as torch.bool (hides the builtin in here only)
+from .shapes import DimError, ShapeError, Size
+from .tensor import Tensor
+from .functional import *  # noqa: F401,F403  (pg.zeros, pg.cat, pg.exp, ...)
+from .functional import abs, all, any, max, min, pow, sum  # noqa: F401  (not in * on purpose)
+from . import functional, nn
+
+# torch's other names for the dtypes.
+float = float32
+double = float64
+long = int64
+int = int32
 
 __version__ = "0.1.0"
 
@@ -26,4 +51,17 @@ __all__ = [
     "parse_url",
     "DTYPES",
     "__version__",
-]
+    "Tensor",
+    "Size",
+    "DType",
+    "as_dtype",
+    "ShapeError",
+    "DimError",
+    "float32",
+    "float64",
+    "int32",
+    "int64",
+    "double",
+    "long",
+    "nn",
+] + functional.__all__

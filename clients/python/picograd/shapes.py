@@ -121,23 +121,41 @@ def norm_dims(op, dims, ndim):
 # ---------------------------------------------------------------------------------------------
 
 
-def result_type(*operands):
-    """Returns the dtype of an elementwise op over ``operands``, each a pair (dtype, weak).
+# Operand tiers for result_type, as torch ranks them: a Python number (weak), a 0-d tensor,
+# a tensor with dims.
+WEAK, ZERO_DIM, DIMS = 0, 1, 2
 
-    Tensors (weak False) promote by rank: bool < int32 < int64 < float32 < float64. A weak
-    operand is a Python number: it only matters when it is of a higher category than every
-    tensor, and then it brings that category's default dtype (an int turns a bool tensor into
-    int64, a float turns an integer or bool tensor into float32). With no tensor at all, the
-    highest category's default wins: where(c, 1.0, 0) is float32.
+
+def result_type(*operands):
+    """Returns the dtype an elementwise op computes in, from ``operands``: pairs (dtype, tier).
+
+    torch's rule. Within a tier, dtypes promote by rank: bool < int32 < int64 < float32 <
+    float64. A lower tier only matters when it brings a higher category (bool < integer <
+    float) than the tiers above it: float64[] + float32[3] is float32, but int32[3] + float64[]
+    is float64. A Python number (WEAK) counts as its category's default dtype, so int32[3] + 2
+    stays int32, int32[3] + 2.5 is float32, and bool[3] + 1 is int64. PROTOCOL.md's daemon only
+    knows the WEAK tier (a 0-d tensor is an ordinary tensor there), so the Tensor layer casts 0-d
+    operands to this result before sending.
     """
-    strong = [d for d, weak in operands if not weak]
-    weak = [d for d, w in operands if w]
-    result = max(strong, key=lambda d: d.rank) if strong else None
-    if weak:
-        category = max(d.category for d in weak)
-        if result is None or category > result.category:
-            result = dtypes.DEFAULT_FOR_CATEGORY[category]
-    return result
+    best = [None, None, None]
+    for dtype, tier in operands:
+        if best[tier] is None or dtype.rank > best[tier].rank:
+            best[tier] = dtype
+    if best[WEAK] is not None:
+        best[WEAK] = dtypes.DEFAULT_FOR_CATEGORY[best[WEAK].category]
+    return _combine(best[DIMS], _combine(best[ZERO_DIM], best[WEAK]))
+
+
+def _combine(higher, lower):
+    """torch's combine_categories: the higher tier wins unless the lower one brings a higher
+    category (or the higher tier is bool)."""
+    if higher is None:
+        return lower
+    if lower is None or higher.is_floating_point:
+        return higher
+    if higher is dtypes.bool_ or lower.is_floating_point:
+        return higher if higher.rank >= lower.rank else lower
+    return higher
 
 
 def float_type(dtype):

@@ -1,0 +1,1346 @@
+"""picograd.tensor: lazy, PyTorch-like tensors whose data lives in picogradd.
+
+A Tensor is one of two things:
+
+- **realized**: a handle of a tensor the daemon holds for our Connection (pg.tensor uploads its
+  data at once with `put`, and every evaluated result ends up like this);
+- **pending**: one node of a graph that has not run yet: an op name, the input Tensors and the
+  op's attributes. ``x * 2 + 1`` makes two pending nodes and sends nothing.
+
+Each pending node already knows its shape and dtype (``picograd.shapes`` infers them with the
+daemon's rules), so ``y.shape``, ``len(y)`` and ``y[5]``'s bounds check cost no round trip. Data
+is needed only by ``y.numpy()``, ``y.item()``, ``print(y)``, ``bool(y)`` and friends, or when you
+ask with ``pg.realize(y, z)``. Then the pending graph behind the requested tensors is walked (no
+recursion: graphs may be thousands of nodes deep), each shared subgraph is emitted once, leaves
+become `input` nodes (realized tensors) or `const` nodes (Python numbers), and ONE `run` request
+goes out; its reply turns every requested tensor into a realized handle and returns the data
+asked for inline. A realized Tensor drops its graph, so the intermediates can be collected.
+
+    import picograd as pg
+    x = pg.tensor([[1.0, 2.0], [3.0, 4.0]])   # put: realized, handle on the default connection
+    y = (x @ x.T).relu().sum(dim=1)            # three pending nodes; y.shape == (2,)
+    y.numpy()                                  # one `run`: y kept as a handle, data inline
+
+When the daemon refuses a node ("node 3 (add): shapes [2, 3] and [4] do not broadcast"), the
+error is re-raised with the file and line where that node was built, so it points at your code
+rather than at the line that asked for the data.
+
+A realized Tensor's handle is freed when the Tensor is garbage collected. The finalizer only
+queues the handle (a finalizer may run in the middle of another request, where sending would
+corrupt the stream); the queue goes out pipelined in front of the next `run`/`get` on that
+connection, or with pg.flush().
+
+Everything here is immutable: there are no in-place ops, so tensors may share handles and graphs.
+"""
+
+import builtins
+import collections
+import operator
+import re
+import sys
+import threading
+import weakref
+
+import numpy as np
+
+from . import dtypes, shapes
+from .client import default_connection
+from .dtypes import DType, as_dtype
+from .shapes import DimError, ShapeError, Size
+from .wire import PicogradError
+
+__all__ = ["Tensor", "tensor", "from_numpy", "as_tensor", "realize", "flush", "where"]
+
+MAX_RUN_NODES = 65536   # PROTOCOL.md: nodes of one `run`; bigger graphs are run in pieces
+RUN_CHUNK = 32768       # nodes evaluated per piece when a graph is bigger than that
+_MAX_IN_FLIGHT = 32     # frees sent before their replies are read (below the daemon's queue)
+_FLUSH_AT = 1024        # queued frees that make pg.tensor flush before its put
+
+# What x.max(dim) and x.min(dim) return, like torch.return_types.max.
+max_result = collections.namedtuple("max", ["values", "indices"])
+min_result = collections.namedtuple("min", ["values", "indices"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Creation sites
+# ---------------------------------------------------------------------------------------------
+
+
+def _user_site():
+    """Returns (file, line) of the innermost caller outside the picograd package, or None.
+
+    Walking frames costs a few attribute reads per level, cheap enough to do for every node;
+    it is what lets a daemon error name the user's line that built the failing node.
+    """
+    f = sys._getframe(2)
+    while f is not None:
+        name = f.f_globals.get("__name__", "")
+        if name != "picograd" and not name.startswith("picograd."):
+            return (f.f_code.co_filename, f.f_lineno)
+        f = f.f_back
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Handles and the per-connection free queue
+# ---------------------------------------------------------------------------------------------
+
+
+class _ConnState:
+    """What the tensor layer keeps per Connection: handles of dead tensors waiting to be freed.
+
+    ``dead`` holds (session, handle) pairs; a deque because finalizers append to it from any
+    thread while a flush pops from it, and both operations are atomic.
+    """
+
+    def __init__(self):
+        self.dead = collections.deque()
+
+
+_states = weakref.WeakKeyDictionary()  # Connection -> _ConnState; does not keep it alive
+_states_lock = threading.Lock()
+
+
+def _state(conn):
+    with _states_lock:
+        st = _states.get(conn)
+        if st is None:
+            st = _states[conn] = _ConnState()
+        return st
+
+
+class _Buffer:
+    """One daemon tensor handle, freed (queued for `free`) when the last Tensor using it dies.
+
+    Tensors never free handles themselves: a pending graph holds its input Tensors, which hold
+    their _Buffer, so a handle stays valid for as long as any graph can still reference it.
+    ``session`` is the Connection's hello reply at creation: after a reconnect the handle
+    numbers start over, and a stale handle must not free a new session's tensor.
+    """
+
+    __slots__ = ("conn", "handle", "session", "__weakref__")
+
+    def __init__(self, conn, handle):
+        self.conn = conn
+        self.handle = handle
+        self.session = conn.server_info
+        fin = weakref.finalize(self, _state(conn).dead.append, (self.session, handle))
+        fin.atexit = False  # at exit the session closes, which frees everything anyway
+
+
+def _take_dead(conn):
+    """Pops the queued handles of ``conn`` that belong to its current session."""
+    dead = _state(conn).dead
+    current = conn.server_info
+    out = []
+    while True:
+        try:
+            session, handle = dead.popleft()
+        except IndexError:
+            return out
+        if session is current:
+            out.append(handle)
+
+
+def _exchange(conn, op, **fields):
+    """Sends the queued frees and then request ``op``; returns its reply (raises on error).
+
+    The frees are pipelined in front of the request, so they cost no extra round trip; replies
+    come back in order and the free replies are read and dropped (a handle the user freed by
+    hand gives unknown_handle, which is harmless). Long queues go in batches so that the daemon's
+    per-connection request queue never fills while we are still writing.
+    """
+    with conn._call_lock:  # another thread's conn.call() must not read one of our replies
+        dead = _take_dead(conn)
+        while len(dead) > _MAX_IN_FLIGHT:
+            batch, dead = dead[:_MAX_IN_FLIGHT], dead[_MAX_IN_FLIGHT:]
+            for h in batch:
+                conn.send("free", handle=h)
+            for _ in batch:
+                conn.recv()
+        for h in dead:
+            conn.send("free", handle=h)
+        rid = conn.send(op, **fields)
+        for _ in dead:
+            conn.recv()
+        reply = conn.recv()
+    if reply.get("ok") is not True:
+        err = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+        raise PicogradError(err.get("code", "bad_reply"), err.get("message", repr(reply)[:200]))
+    if reply.get("id") != rid:
+        raise PicogradError("bad_reply", f"expected the reply to request {rid}, got "
+                                         f"{reply.get('id')!r}")
+    return reply
+
+
+def flush(conn=None):
+    """Frees, now, the daemon tensors of Tensors that were garbage collected (on ``conn``, by
+    default the default connection). Normally they go out with the next request anyway."""
+    conn = conn if conn is not None else default_connection()
+    if conn.closed:
+        return
+    _exchange(conn, "ping")
+
+
+# ---------------------------------------------------------------------------------------------
+# The Tensor
+# ---------------------------------------------------------------------------------------------
+
+
+class Tensor:
+    """A lazy tensor: a realized daemon handle or a pending op node (see the module comment).
+
+    Create tensors with pg.tensor, pg.zeros, pg.arange, pg.rand, ... rather than this class.
+    """
+
+    __slots__ = ("_op", "_inputs", "_attrs", "_shape", "_dtype", "_buf", "_conn", "_weak",
+                 "_site", "__weakref__")
+
+    # Make numpy defer to us in `ndarray + Tensor` (it calls our __radd__ instead of turning the
+    # tensor into an array), as torch does.
+    __array_priority__ = 1000
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("create tensors with picograd.tensor(data), picograd.zeros(shape), "
+                        "picograd.arange(n), ...")
+
+    # -- internal construction ----------------------------------------------------------------
+
+    @classmethod
+    def _make(cls, op, inputs, attrs, shape, dtype, conn=None, buf=None, weak=False):
+        t = cls.__new__(cls)
+        t._op = op
+        t._inputs = tuple(inputs)
+        t._attrs = attrs
+        t._shape = Size(shape)
+        t._dtype = dtype
+        t._buf = buf
+        t._conn = conn
+        t._weak = weak
+        t._site = _user_site()
+        return t
+
+    # -- metadata (no round trip) --------------------------------------------------------------
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def ndim(self):
+        return len(self._shape)
+
+    def dim(self):
+        return len(self._shape)
+
+    ndimension = dim
+
+    def size(self, dim=None):
+        """The shape, or the length of axis ``dim``."""
+        if dim is None:
+            return self._shape
+        if self.ndim == 0:
+            raise DimError(f"size: dim {dim} of a tensor with no dims")
+        return self._shape[shapes.norm_dim("size", dim, self.ndim)]
+
+    def numel(self):
+        return shapes.numel(self._shape)
+
+    nelement = numel
+
+    def element_size(self):
+        return self._dtype.itemsize
+
+    def is_floating_point(self):
+        return self._dtype.is_floating_point
+
+    @property
+    def is_realized(self):
+        """True when the tensor is a daemon handle, False while it is a pending graph node."""
+        return self._buf is not None
+
+    @property
+    def handle(self):
+        """The daemon handle (an int) of a realized tensor; None while pending."""
+        return self._buf.handle if self._buf is not None else None
+
+    @property
+    def connection(self):
+        """The Connection this tensor belongs to; None for a pending graph with no realized
+        input yet (it will run on the default connection)."""
+        return self._conn
+
+    # -- getting data (these run the graph) ----------------------------------------------------
+
+    def realize(self):
+        """Evaluates this tensor into a daemon handle (no data comes back); returns self."""
+        _execute(keep=[self])
+        return self
+
+    def numpy(self):
+        """Returns the data as a new numpy array (one round trip when pending)."""
+        return _execute(keep=[self], fetch=[self])[0]
+
+    def item(self):
+        """The value of a one-element tensor as a Python number."""
+        n = self.numel()
+        if n != 1:
+            raise RuntimeError(f"a Tensor with {n} elements cannot be converted to Scalar")
+        return self.numpy().item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def __array__(self, dtype=None, copy=None):  # copy: numpy 2 passes it; the array is ours
+        arr = self.numpy()
+        return arr if dtype is None else arr.astype(dtype, copy=False)
+
+    def __bool__(self):
+        n = self.numel()
+        if n != 1:
+            what = "no values" if n == 0 else "more than one value"
+            raise RuntimeError(f"Boolean value of Tensor with {what} is ambiguous")
+        return builtins.bool(self.item())
+
+    def __float__(self):
+        return builtins.float(self.item())
+
+    def __int__(self):
+        return builtins.int(self.item())
+
+    def __index__(self):
+        if self._dtype.is_floating_point or self.numel() != 1:
+            raise TypeError("only integer tensors of a single element can be converted to an "
+                            "index")
+        return builtins.int(self.item())
+
+    def __len__(self):
+        if not self._shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self._shape[0]
+
+    def __iter__(self):
+        if not self._shape:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self._shape[0]))
+
+    def __contains__(self, value):
+        return builtins.bool((self == value).any())
+
+    def __repr__(self):
+        arr = self.numpy()
+        body = np.array2string(arr, separator=", ", prefix="tensor(")
+        return f"tensor({body}, dtype={self._dtype})"
+
+    __str__ = __repr__
+
+    def __format__(self, spec):
+        if spec and self.numel() == 1:
+            return format(self.item(), spec)
+        return format(repr(self), spec)
+
+    def __setitem__(self, key, value):
+        raise TypeError("picograd tensors are immutable; build a new one, e.g. with "
+                        "pg.where(mask, value, x) or x.masked_fill(mask, value)")
+
+    # Tensors are immutable, so a copy may share the handle; pickling ships the data.
+    def __copy__(self):
+        return self.clone()
+
+    def __deepcopy__(self, memo):
+        return self.clone()
+
+    def __reduce__(self):
+        return (tensor, (self.numpy(),))
+
+    # `==` is elementwise (below), so hashing falls back to identity, as for torch tensors.
+    __hash__ = object.__hash__
+
+    # -- arithmetic and comparison operators ---------------------------------------------------
+
+    def __add__(self, other):
+        return _binary_or_not("add", self, other)
+
+    def __radd__(self, other):
+        return _binary_or_not("add", other, self)
+
+    def __sub__(self, other):
+        return _binary_or_not("sub", self, other)
+
+    def __rsub__(self, other):
+        return _binary_or_not("sub", other, self)
+
+    def __mul__(self, other):
+        return _binary_or_not("mul", self, other)
+
+    def __rmul__(self, other):
+        return _binary_or_not("mul", other, self)
+
+    def __truediv__(self, other):
+        return _binary_or_not("div", self, other)
+
+    def __rtruediv__(self, other):
+        return _binary_or_not("div", other, self)
+
+    def __pow__(self, other):
+        return _binary_or_not("pow", self, other)
+
+    def __rpow__(self, other):
+        return _binary_or_not("pow", other, self)
+
+    def __matmul__(self, other):
+        other = _operand(other, self)
+        return NotImplemented if other is None else matmul(self, other)
+
+    def __rmatmul__(self, other):
+        other = _operand(other, self)
+        return NotImplemented if other is None else matmul(other, self)
+
+    def __eq__(self, other):
+        return _binary_or_not("eq", self, other)
+
+    def __ne__(self, other):
+        return _binary_or_not("ne", self, other)
+
+    def __lt__(self, other):
+        return _binary_or_not("lt", self, other)
+
+    def __le__(self, other):
+        return _binary_or_not("le", self, other)
+
+    def __gt__(self, other):
+        return _binary_or_not("gt", self, other)
+
+    def __ge__(self, other):
+        return _binary_or_not("ge", self, other)
+
+    # & | ^ ~ are the logical ops on bool tensors; picograd has no bitwise integer ops.
+    def __and__(self, other):
+        return _logical_or_not("logical_and", self, other)
+
+    __rand__ = __and__
+
+    def __or__(self, other):
+        return _logical_or_not("logical_or", self, other)
+
+    __ror__ = __or__
+
+    def __xor__(self, other):
+        return _logical_or_not("ne", self, other)
+
+    __rxor__ = __xor__
+
+    def __invert__(self):
+        if self._dtype is not dtypes.bool_:
+            raise TypeError(f"~ is logical_not and needs a bool tensor, got {self._dtype}")
+        return self.logical_not()
+
+    def __neg__(self):
+        return self.neg()
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return self.abs()
+
+    # -- elementwise methods -------------------------------------------------------------------
+
+    def add(self, other):
+        return _binary("add", self, _operand_or_raise(other, self))
+
+    def sub(self, other):
+        return _binary("sub", self, _operand_or_raise(other, self))
+
+    def mul(self, other):
+        return _binary("mul", self, _operand_or_raise(other, self))
+
+    def div(self, other):
+        return _binary("div", self, _operand_or_raise(other, self))
+
+    true_divide = divide = div
+    subtract = sub
+    multiply = mul
+
+    def pow(self, exponent):
+        return _binary("pow", self, _operand_or_raise(exponent, self))
+
+    def maximum(self, other):
+        return _binary("maximum", self, _operand_or_raise(other, self))
+
+    def minimum(self, other):
+        return _binary("minimum", self, _operand_or_raise(other, self))
+
+    def eq(self, other):
+        return _binary("eq", self, _operand_or_raise(other, self))
+
+    def ne(self, other):
+        return _binary("ne", self, _operand_or_raise(other, self))
+
+    def lt(self, other):
+        return _binary("lt", self, _operand_or_raise(other, self))
+
+    def le(self, other):
+        return _binary("le", self, _operand_or_raise(other, self))
+
+    def gt(self, other):
+        return _binary("gt", self, _operand_or_raise(other, self))
+
+    def ge(self, other):
+        return _binary("ge", self, _operand_or_raise(other, self))
+
+    def logical_and(self, other):
+        return _binary("logical_and", self, _operand_or_raise(other, self))
+
+    def logical_or(self, other):
+        return _binary("logical_or", self, _operand_or_raise(other, self))
+
+    def logical_not(self):
+        return _node("logical_not", [self], {}, self._shape, dtypes.bool_)
+
+    def neg(self):
+        return _unary("neg", self)
+
+    negative = neg
+
+    def abs(self):
+        return _unary("abs", self)
+
+    absolute = abs
+
+    def relu(self):
+        return _unary("relu", self)
+
+    def sign(self):
+        return _unary("sign", self)
+
+    def square(self):
+        # torch squares a bool tensor into int64 (it is pow(x, 2), and 2 is an int).
+        out = dtypes.int64 if self._dtype is dtypes.bool_ else self._dtype
+        return _node("square", [self], {}, self._shape, out)
+
+    def exp(self):
+        return _unary("exp", self, float_result=True)
+
+    def log(self):
+        return _unary("log", self, float_result=True)
+
+    def sqrt(self):
+        return _unary("sqrt", self, float_result=True)
+
+    def rsqrt(self):
+        return _unary("rsqrt", self, float_result=True)
+
+    def sin(self):
+        return _unary("sin", self, float_result=True)
+
+    def cos(self):
+        return _unary("cos", self, float_result=True)
+
+    def tanh(self):
+        return _unary("tanh", self, float_result=True)
+
+    def sigmoid(self):
+        return _unary("sigmoid", self, float_result=True)
+
+    def reciprocal(self):
+        return _unary("reciprocal", self, float_result=True)
+
+    def clamp(self, min=None, max=None):
+        """Limits every element to [min, max]; either bound may be None, a number or a tensor.
+
+        Number bounds of a higher category than the tensor (a float bound on an int tensor)
+        promote it first, as torch does, so the clamp itself never changes the dtype.
+        """
+        if min is None and max is None:
+            raise ValueError("clamp: at least one of min and max must not be None")
+        out = self
+        if isinstance(min, Tensor) or isinstance(max, Tensor):
+            if min is not None:
+                out = out.maximum(min)
+            if max is not None:
+                out = out.minimum(max)
+            return out
+        attrs = {}
+        operands = [(self._dtype, False)]
+        for name, bound in (("min", min), ("max", max)):
+            if bound is not None:
+                attrs[name] = _scalar_value(bound)
+                operands.append((shapes.scalar_type(attrs[name]), True))
+        target = shapes.result_type(*operands)
+        if target is not self._dtype:
+            out = out.to(target)
+        return _node("clamp", [out], attrs, out._shape, out._dtype)
+
+    clip = clamp
+
+    def where(self, condition, other):
+        """``where(condition, self, other)``, torch's method form."""
+        return where(condition, self, other)
+
+    def masked_fill(self, mask, value):
+        """Returns a copy with ``value`` wherever ``mask`` (bool, broadcast) is true."""
+        if isinstance(value, Tensor):
+            if value.ndim != 0:
+                raise ShapeError(f"masked_fill: the value must be a scalar, got shape "
+                                 f"{shapes.fmt(value.shape)}", code="bad_request")
+            return where(mask, value.to(self._dtype), self)
+        if not isinstance(mask, Tensor):
+            raise TypeError("masked_fill: mask must be a bool Tensor")
+        shape = shapes.broadcast("masked_fill", self._shape, mask._shape)
+        return _node("masked_fill", [self, mask], {"value": _scalar_value(value)}, shape,
+                     self._dtype)
+
+    # -- reductions ----------------------------------------------------------------------------
+
+    def sum(self, dim=None, keepdim=False, dtype=None):
+        return _reduce("sum", self, dim, keepdim, shapes.sum_type, dtype=dtype)
+
+    def prod(self, dim=None, keepdim=False, dtype=None):
+        return _reduce("prod", self, dim, keepdim, shapes.sum_type, dtype=dtype)
+
+    def mean(self, dim=None, keepdim=False, dtype=None):
+        return _reduce("mean", self, dim, keepdim, shapes.float_type, dtype=dtype)
+
+    def any(self, dim=None, keepdim=False):
+        return _reduce("any", self, dim, keepdim, lambda d: dtypes.bool_)
+
+    def all(self, dim=None, keepdim=False):
+        return _reduce("all", self, dim, keepdim, lambda d: dtypes.bool_)
+
+    def logsumexp(self, dim, keepdim=False):
+        return _reduce("logsumexp", self, dim, keepdim, shapes.float_type)
+
+    def var(self, dim=None, unbiased=True, keepdim=False, *, correction=None):
+        """Variance, dividing by N - correction (correction defaults to 1, or 0 when
+        ``unbiased`` is False), as torch 1.13."""
+        return _var("var", self, dim, unbiased, keepdim, correction)
+
+    def std(self, dim=None, unbiased=True, keepdim=False, *, correction=None):
+        return _var("std", self, dim, unbiased, keepdim, correction)
+
+    def max(self, dim=None, keepdim=False):
+        """max() of all elements; max(dim) -> (values, indices); max(other) -> maximum."""
+        return _minmax("max", self, dim, keepdim)
+
+    def min(self, dim=None, keepdim=False):
+        return _minmax("min", self, dim, keepdim)
+
+    def amax(self, dim=None, keepdim=False):
+        return _reduce("max", self, dim, keepdim, lambda d: d)
+
+    def amin(self, dim=None, keepdim=False):
+        return _reduce("min", self, dim, keepdim, lambda d: d)
+
+    def argmax(self, dim=None, keepdim=False):
+        return _argreduce("argmax", self, dim, keepdim)
+
+    def argmin(self, dim=None, keepdim=False):
+        return _argreduce("argmin", self, dim, keepdim)
+
+    def cumsum(self, dim, dtype=None):
+        x = self if dtype is None else self.to(dtype)
+        d = shapes.norm_dim("cumsum", dim, x.ndim)
+        out = dtype if dtype is not None else shapes.sum_type(x._dtype)
+        return _node("cumsum", [x], {"dim": d}, x._shape, as_dtype(out))
+
+    def softmax(self, dim, dtype=None):
+        return _softmax("softmax", self, dim, dtype)
+
+    def log_softmax(self, dim, dtype=None):
+        return _softmax("log_softmax", self, dim, dtype)
+
+    # -- movement ------------------------------------------------------------------------------
+
+    def reshape(self, *shape):
+        new = shapes.reshape("reshape", self._shape, _shape_args(shape))
+        if new == self._shape:
+            return self
+        return _node("reshape", [self], {"shape": list(new)}, new, self._dtype)
+
+    view = reshape
+
+    def view_as(self, other):
+        return self.reshape(other.shape)
+
+    reshape_as = view_as
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        if self.ndim == 0:
+            return self.reshape(1)
+        s = shapes.norm_dim("flatten", start_dim, self.ndim)
+        e = shapes.norm_dim("flatten", end_dim, self.ndim)
+        if s > e:
+            raise ShapeError("flatten: start_dim cannot come after end_dim", code="bad_request")
+        new = self._shape[:s] + (shapes.numel(self._shape[s:e + 1]),) + self._shape[e + 1:]
+        return self.reshape(new)
+
+    def unsqueeze(self, dim):
+        d = shapes.norm_dim("unsqueeze", dim, self.ndim + 1)
+        return self.reshape(self._shape[:d] + (1,) + self._shape[d:])
+
+    def squeeze(self, dim=None):
+        if dim is None:
+            drop = {i for i, n in enumerate(self._shape) if n == 1}
+        else:
+            drop = {d for d in shapes.norm_dims("squeeze", dim, self.ndim)
+                    if self.ndim and self._shape[d] == 1}
+        return self.reshape(tuple(n for i, n in enumerate(self._shape) if i not in drop))
+
+    def permute(self, *dims):
+        order, new = shapes.permute("permute", self._shape, _shape_args(dims))
+        if list(order) == list(range(self.ndim)):
+            return self
+        return _node("permute", [self], {"dims": list(order)}, new, self._dtype)
+
+    def transpose(self, dim0, dim1):
+        n = self.ndim
+        a = shapes.norm_dim("transpose", dim0, n)
+        b = shapes.norm_dim("transpose", dim1, n)
+        if n < 2 or a == b:
+            return self
+        order = list(range(n))
+        order[a], order[b] = order[b], order[a]
+        return self.permute(order)
+
+    swapaxes = swapdims = transpose
+
+    @property
+    def T(self):
+        """All dims reversed (numpy's .T; the usual transpose for a matrix)."""
+        return self.permute(list(range(self.ndim))[::-1])
+
+    @property
+    def mT(self):
+        """The last two dims swapped (a batch of matrices transposed)."""
+        if self.ndim < 2:
+            raise ShapeError("mT: needs a tensor of at least 2 dims", code="bad_request")
+        return self.transpose(-2, -1)
+
+    def t(self):
+        if self.ndim > 2:
+            raise ShapeError(f"t: expects a tensor of at most 2 dims, got {self.ndim}",
+                             code="bad_request")
+        return self.T
+
+    def expand(self, *sizes):
+        new = shapes.expand("expand", self._shape, _shape_args(sizes))
+        if new == self._shape:
+            return self
+        return _node("expand", [self], {"shape": list(new)}, new, self._dtype)
+
+    broadcast_to = expand
+
+    def expand_as(self, other):
+        return self.expand(other.shape)
+
+    def flip(self, dims):
+        if isinstance(dims, int):
+            dims = [dims]
+        order = shapes.norm_dims("flip", list(dims), self.ndim)
+        if not order or self.ndim == 0:
+            return self
+        return _node("flip", [self], {"dims": list(order)}, self._shape, self._dtype)
+
+    def contiguous(self):
+        return self  # the daemon decides layouts; every tensor is contiguous to the client
+
+    def clone(self):
+        """A distinct Tensor with the same value (tensors are immutable, so it may share the
+        handle or the pending node)."""
+        t = Tensor._make(self._op, self._inputs, self._attrs, self._shape, self._dtype,
+                         self._conn, self._buf, self._weak)
+        t._site = self._site
+        return t
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        return self
+
+    def __getitem__(self, key):
+        return _getitem(self, key)
+
+    # -- indexing ops --------------------------------------------------------------------------
+
+    def gather(self, dim, index):
+        """out[i][j] = self[index[i][j]][j] along ``dim`` (torch.gather)."""
+        _need_tensor("gather", index)
+        d = shapes.norm_dim("gather", dim, self.ndim)
+        if index.ndim != self.ndim:
+            raise ShapeError(f"gather: index {shapes.fmt(index.shape)} must have as many dims "
+                             f"as the input {shapes.fmt(self._shape)}")
+        return _node("gather", [self, index], {"dim": d}, index.shape, self._dtype)
+
+    def index_select(self, dim, index):
+        """The slices of axis ``dim`` listed by the 1-D int tensor ``index``."""
+        _need_tensor("index_select", index)
+        d = shapes.norm_dim("index_select", dim, self.ndim)
+        if index.ndim > 1:
+            raise ShapeError(f"index_select: index must be 1-D, got {shapes.fmt(index.shape)}")
+        shape = self._shape[:d] + (index.numel(),) + self._shape[d + 1:] if self.ndim else ()
+        return _node("index_select", [self, index], {"dim": d}, shape, self._dtype)
+
+    def matmul(self, other):
+        return matmul(self, other)
+
+    # -- dtype conversion ----------------------------------------------------------------------
+
+    def to(self, *args, **kwargs):
+        """Converts to a dtype: to(pg.float64), to(dtype=...), to(other_tensor). A device string
+        ("cpu") is accepted and ignored: the daemon decides where tensors live."""
+        dtype = kwargs.pop("dtype", None)
+        for ignored in ("device", "non_blocking", "copy"):
+            kwargs.pop(ignored, None)
+        if kwargs:
+            raise TypeError(f"to() got unexpected arguments {sorted(kwargs)}")
+        for a in args:
+            if isinstance(a, Tensor):
+                dtype = a._dtype
+            elif isinstance(a, str) and a in ("cpu", "picograd"):
+                continue
+            elif getattr(a, "type", None) == "cpu":  # a torch.device
+                continue
+            else:
+                dtype = a
+        if dtype is None:
+            return self
+        dtype = as_dtype(dtype)
+        if dtype is self._dtype:
+            return self
+        return _node("cast", [self], {"dtype": dtype.name}, self._shape, dtype)
+
+    def type_as(self, other):
+        return self.to(other.dtype)
+
+    def double(self):
+        return self.to(dtypes.float64)
+
+    def long(self):
+        return self.to(dtypes.int64)
+
+    # Methods named like builtins (float, int, bool) come last in the class: inside the class
+    # body, a name defined above shadows the builtin for everything below it.
+    def float(self):
+        return self.to(dtypes.float32)
+
+    def int(self):
+        return self.to(dtypes.int32)
+
+    def bool(self):
+        return self.to(dtypes.bool_)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building nodes
+# ---------------------------------------------------------------------------------------------
+
+
+def _node(op, inputs, attrs, shape, dtype):
+    """Returns a new pending Tensor for ``op`` over ``inputs``; all inputs must share one
+    connection (inputs with none yet go along with any)."""
+    conn = None
+    for t in inputs:
+        c = t._conn
+        if c is not None and c is not conn:
+            if conn is not None:
+                raise PicogradError("bad_request", f"{op}: inputs belong to different "
+                                                   "connections (daemon sessions)")
+            conn = c
+    return Tensor._make(op, inputs, attrs, shapes.check_shape(op, shape), dtype, conn)
+
+
+def _scalar_value(x):
+    """Returns ``x`` as a plain Python bool/int/float (what msgpack sends); raises TypeError."""
+    if isinstance(x, Tensor):
+        raise TypeError("expected a number, got a Tensor")
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, (bool, int)):
+        if not isinstance(x, bool) and not -2 ** 63 <= x < 2 ** 63:
+            raise OverflowError(f"{x} does not fit int64")
+        return x
+    if isinstance(x, float):
+        return x
+    raise TypeError(f"expected a number, got {type(x).__name__}")
+
+
+def _weak(value):
+    """A `const` node for a Python number: a weak scalar that does not promote tensors."""
+    v = _scalar_value(value)
+    return Tensor._make("const", (), {"value": v}, (), shapes.scalar_type(v), weak=True)
+
+
+def _operand(x, like):
+    """Returns ``x`` as an operand of a binary op with ``like``: a Tensor as is, a number as a
+    weak scalar, a numpy array uploaded; None for anything else (the operator then returns
+    NotImplemented)."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (bool, int, float)) or (isinstance(x, np.generic) and
+                                             x.dtype.kind in "biuf"):
+        return _weak(x)
+    if isinstance(x, np.ndarray):
+        return tensor(x, conn=like._conn)
+    return None
+
+
+def _operand_or_raise(x, like):
+    out = _operand(x, like)
+    if out is None:
+        raise TypeError(f"expected a Tensor or a number, got {type(x).__name__}")
+    return out
+
+
+_BOOL_RESULT = frozenset(("eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or"))
+
+
+def _binary(op, a, b):
+    """An elementwise binary node: numpy broadcasting, torch promotion (weak scalars included);
+    comparisons and logical ops give bool, div gives a float."""
+    shape = shapes.broadcast(op, a._shape, b._shape)
+    if op in _BOOL_RESULT:
+        dtype = dtypes.bool_
+    else:
+        dtype = shapes.result_type((a._dtype, a._weak), (b._dtype, b._weak))
+        if op == "div":
+            dtype = shapes.float_type(dtype)
+    return _node(op, [a, b], {}, shape, dtype)
+
+
+def _binary_or_not(op, a, b):
+    """_binary for the operators: a non-operand gives NotImplemented so Python can try the
+    other side (and ``t == None`` is simply False)."""
+    like = a if isinstance(a, Tensor) else b
+    a2, b2 = _operand(a, like), _operand(b, like)
+    if a2 is None or b2 is None:
+        return NotImplemented
+    return _binary(op, a2, b2)
+
+
+def _logical_or_not(op, a, b):
+    b2 = _operand(b, a)
+    if b2 is None:
+        return NotImplemented
+    for t in (a, b2):
+        if t._dtype is not dtypes.bool_:
+            raise TypeError(f"&, | and ^ are logical ops on bool tensors here, got {t._dtype}")
+    return _binary(op, a, b2)
+
+
+def _unary(op, x, float_result=False):
+    dtype = shapes.float_type(x._dtype) if float_result else x._dtype
+    return _node(op, [x], {}, x._shape, dtype)
+
+
+def _need_tensor(op, x):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor, got {type(x).__name__}")
+
+
+def _shape_args(args):
+    """reshape(2, 3), reshape((2, 3)) and reshape([2, 3]) all mean the shape (2, 3)."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        return tuple(args[0])
+    return tuple(args)
+
+
+def _reduce_dims(op, x, dim):
+    """Normalized, sorted axes for a reduction, or None for all of them."""
+    if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0) or x.ndim == 0:
+        if dim is not None and x.ndim == 0:
+            shapes.norm_dims(op, dim, 0)  # still reject dim 5 of a scalar
+        return None
+    return shapes.norm_dims(op, dim, x.ndim)
+
+
+def _reduce(op, x, dim, keepdim, rule, dtype=None, extra=None):
+    """A reduction node over ``dim`` (None: all); ``rule`` maps the input dtype to the output.
+    With ``dtype`` the input is cast first and the result is exactly that dtype, as in torch."""
+    if dtype is not None:
+        dtype = as_dtype(dtype)
+        x = x.to(dtype)
+    dims = _reduce_dims(op, x, dim)
+    attrs = {} if dims is None else {"dims": list(dims)}
+    attrs["keepdim"] = builtins.bool(keepdim)
+    if extra:
+        attrs.update(extra)
+    out = _node(op, [x], attrs, shapes.reduce_shape(x._shape, dims, keepdim), rule(x._dtype))
+    return out if dtype is None else out.to(dtype)
+
+
+def _var(op, x, dim, unbiased, keepdim, correction):
+    if isinstance(dim, builtins.bool):  # torch's var(unbiased) overload: x.var(False)
+        unbiased, dim = dim, None
+    if correction is None:
+        correction = 1 if unbiased else 0
+    return _reduce(op, x, dim, keepdim, shapes.float_type,
+                   extra={"correction": _scalar_value(correction)})
+
+
+def _argreduce(op, x, dim, keepdim):
+    if dim is None or x.ndim == 0:
+        if dim is not None:
+            shapes.norm_dim(op, dim, 0)
+        attrs = {"keepdim": builtins.bool(keepdim)}
+        shape = (1,) * x.ndim if keepdim else ()
+    else:
+        d = shapes.norm_dim(op, dim, x.ndim)
+        attrs = {"dim": d, "keepdim": builtins.bool(keepdim)}
+        shape = shapes.reduce_shape(x._shape, (d,), keepdim)
+    return _node(op, [x], attrs, shape, dtypes.int64)
+
+
+def _minmax(op, x, dim, keepdim):
+    """torch.max's three forms: max(x), max(x, dim) -> (values, indices), max(x, other)."""
+    if isinstance(dim, Tensor):
+        return _binary("maximum" if op == "max" else "minimum", x, dim)
+    if dim is None:
+        return _reduce(op, x, None, False, lambda d: d)
+    values = _reduce(op, x, operator.index(dim), keepdim, lambda d: d)
+    indices = _argreduce("arg" + op, x, dim, keepdim)
+    return (max_result if op == "max" else min_result)(values, indices)
+
+
+def _softmax_dim(ndim):
+    """torch's legacy implicit softmax dim, used when none is given."""
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def _softmax(op, x, dim, dtype):
+    if dtype is not None:
+        x = x.to(dtype)
+    if dim is None:
+        dim = _softmax_dim(x.ndim)
+    d = shapes.norm_dim(op, dim, x.ndim)
+    return _node(op, [x], {"dim": d}, x._shape, shapes.float_type(x._dtype))
+
+
+def matmul(a, b):
+    """torch.matmul: 1-D and 2-D operands, and batches with broadcast batch dims."""
+    _need_tensor("matmul", a)
+    _need_tensor("matmul", b)
+    shape = shapes.matmul("matmul", a._shape, b._shape)
+    dtype = shapes.result_type((a._dtype, False), (b._dtype, False))
+    return _node("matmul", [a, b], {}, shape, dtype)
+
+
+def where(condition, input, other):
+    """Elements of ``input`` where ``condition`` is true, else of ``other``; either may be a
+    Python number (a weak scalar). The three broadcast together."""
+    _need_tensor("where", condition)
+    a = _operand_or_raise(input, condition)
+    b = _operand_or_raise(other, condition)
+    shape = shapes.broadcast("where", condition._shape, a._shape, b._shape)
+    dtype = shapes.result_type((a._dtype, a._weak), (b._dtype, b._weak))
+    return _node("where", [condition, a, b], {}, shape, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Indexing: x[1, :, None, ..., 2:8:2]
+# ---------------------------------------------------------------------------------------------
+
+
+def _getitem(x, key):
+    """Basic indexing as one `slice` node plus, when ints drop axes or None adds some, one
+    `reshape`. Every bound is checked here, since shapes are known."""
+    key = key if isinstance(key, tuple) else (key,)
+    if [k is Ellipsis for k in key].count(True) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    consumed = builtins.sum(1 for k in key if k is not None and k is not Ellipsis)
+    if consumed > x.ndim:
+        raise IndexError(f"too many indices for tensor of dimension {x.ndim}")
+    fill = (slice(None),) * (x.ndim - consumed)
+    ellipsis = [i for i, k in enumerate(key) if k is Ellipsis]
+    if ellipsis:
+        key = key[:ellipsis[0]] + fill + key[ellipsis[0] + 1:]
+    else:
+        key = key + fill
+
+    slices = []     # [start, stop, step] per input axis
+    sliced = []     # shape after the slice node
+    final = []      # shape after dropping int axes and adding None axes
+    axis = 0
+    for k in key:
+        if k is None:
+            final.append(1)
+            continue
+        size = x._shape[axis]
+        if isinstance(k, slice):
+            step = 1 if k.step is None else operator.index(k.step)
+            if step <= 0:
+                raise ValueError("step must be greater than zero")
+            start, stop, step = k.indices(size)
+            n = len(range(start, stop, step))
+            slices.append([start, stop, step])
+            sliced.append(n)
+            final.append(n)
+        else:
+            i = _index_int(k)
+            if not -size <= i < size:
+                raise DimError(f"index {i} is out of bounds for dimension {axis} with size "
+                               f"{size}")
+            i %= size
+            slices.append([i, i + 1, 1])
+            sliced.append(1)
+        axis += 1
+
+    out = x
+    # Trailing whole-axis slices need not be sent: the `slice` op leaves later axes alone.
+    while slices and slices[-1] == [0, x._shape[len(slices) - 1], 1]:
+        slices.pop()
+    if slices:
+        shape = tuple(sliced[:len(slices)]) + x._shape[len(slices):]
+        out = _node("slice", [x], {"slices": slices}, shape, x._dtype)
+    return out.reshape(final) if tuple(final) != out._shape else out
+
+
+def _index_int(k):
+    if isinstance(k, builtins.bool):
+        raise TypeError("indexing with a bool is not supported")
+    if isinstance(k, Tensor):
+        if k.ndim == 0 and not k._dtype.is_floating_point and k._dtype is not dtypes.bool_:
+            return builtins.int(k.item())
+        raise TypeError("indexing with tensors (masks, index lists) is not supported; use "
+                        "index_select, gather or where")
+    try:
+        return operator.index(k)
+    except TypeError:
+        raise TypeError(f"an index must be an int, a slice, None or ..., got "
+                        f"{type(k).__name__}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Realization
+# ---------------------------------------------------------------------------------------------
+
+
+def _key(t):
+    """Identity of a graph node for deduplication: tensors sharing a handle are one `input`,
+    equal numbers are one `const` (repr keeps -0.0 apart from 0.0 and 1 apart from 1.0)."""
+    if t._buf is not None:
+        return ("h", id(t._buf))
+    if t._weak:
+        return ("c", repr(t._attrs["value"]))
+    return ("t", id(t))
+
+
+def _build(roots):
+    """Returns (nodes, order, index) for the graph behind ``roots``: the wire nodes in
+    topological order, the Tensor behind each node, and _key -> node index.
+
+    An explicit stack replaces recursion. A node is pushed once "unexpanded"; popping it pushes
+    it back "ready" with its inputs above it, so it is emitted after all of them.
+    """
+    nodes, order, index = [], [], {}
+    stack = [(t, False) for t in reversed(roots)]
+    while stack:
+        t, ready = stack.pop()
+        k = _key(t)
+        if k in index:
+            continue
+        if t._buf is None and t._inputs and not ready:
+            stack.append((t, True))
+            for i in reversed(t._inputs):
+                if _key(i) not in index:
+                    stack.append((i, False))
+            continue
+        if t._buf is not None:
+            node = {"op": "input", "handle": t._buf.handle}
+        else:
+            node = {"op": t._op}
+            if t._inputs:
+                node["in"] = [index[_key(i)] for i in t._inputs]
+            node.update(t._attrs)
+        index[k] = len(nodes)
+        nodes.append(node)
+        order.append(t)
+    return nodes, order, index
+
+
+def _graph_conn(order):
+    """The one Connection of a graph's realized leaves, else the default connection."""
+    conn = None
+    for t in order:
+        c = t._buf.conn if t._buf is not None else t._conn
+        if c is not None and c is not conn:
+            if conn is not None:
+                raise PicogradError("bad_request", "a graph mixes tensors of different "
+                                                   "connections (daemon sessions)")
+            conn = c
+    return conn if conn is not None else default_connection()
+
+
+def _unique(tensors):
+    seen, out = set(), []
+    for t in tensors:
+        _need_tensor("realize", t)
+        if _key(t) not in seen:
+            seen.add(_key(t))
+            out.append(t)
+    return out
+
+
+def _decode(out):
+    """A numpy array from an inline run output or a get reply ({dtype, shape, data})."""
+    try:
+        nd = as_dtype(out["dtype"]).numpy_dtype
+        arr = np.frombuffer(out["data"], dtype=nd).reshape(out["shape"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PicogradError("bad_reply", f"tensor data does not match its dtype and shape: "
+                                         f"{exc}") from None
+    return arr if arr.flags.writeable else arr.copy()
+
+
+def _split_big_graph(order, index):
+    """Realizes the first RUN_CHUNK nodes' results that later nodes still need, so that the
+    rest of the graph fits one run. A prefix of a topological order contains all of its own
+    inputs, so that sub-run has at most RUN_CHUNK nodes."""
+    needed = []
+    for t in order[RUN_CHUNK:]:
+        for i in t._inputs:
+            if index[_key(i)] < RUN_CHUNK and i._buf is None and not i._weak:
+                needed.append(i)
+    needed = _unique(needed)
+    if not needed:
+        raise PicogradError("too_large", f"a graph of {len(order)} nodes cannot be split into "
+                                         f"runs of {MAX_RUN_NODES}")
+    _execute(keep=needed)
+
+
+def _execute(keep=(), fetch=()):
+    """Evaluates ``keep`` (pending ones become handles) and returns the data of ``fetch`` as
+    numpy arrays, in order, with as few round trips as possible (one, normally)."""
+    fetch = list(fetch)
+    pending = [t for t in _unique(list(keep) + fetch) if t._buf is None]
+    if not pending:
+        if len(fetch) == 1:
+            buf = fetch[0]._buf
+            return [_decode(_exchange(buf.conn, "get", handle=buf.handle))]
+        if not fetch:
+            return []
+    roots = pending + [t for t in _unique(fetch) if t._buf is not None]
+    nodes, order, index = _build(roots)
+    while len(nodes) > MAX_RUN_NODES:
+        _split_big_graph(order, index)
+        nodes, order, index = _build(roots)
+    conn = _graph_conn(order)
+    outputs = [{"node": index[_key(t)], "keep": True} for t in pending]
+    outputs += [{"node": index[_key(t)], "keep": False} for t in fetch]
+    try:
+        reply = _exchange(conn, "run", nodes=nodes, outputs=outputs)
+    except PicogradError as exc:
+        raise _with_site(exc, order) from None
+    results = reply.get("outputs")
+    if not isinstance(results, list) or len(results) != len(outputs):
+        raise PicogradError("bad_reply", f"a run reply needs {len(outputs)} outputs")
+    mismatch = []
+    for t, res in zip(pending, results):
+        _adopt(t, conn, res, mismatch)
+    if mismatch:
+        raise PicogradError("bad_reply", "the daemon and the client disagree on "
+                                         + "; ".join(mismatch))
+    return [_decode(res) for res in results[len(pending):]]
+
+
+def _adopt(t, conn, res, mismatch):
+    """Turns pending ``t`` into a realized tensor holding the handle of run output ``res``."""
+    try:
+        buf = _Buffer(conn, operator.index(res["handle"]))
+        shape, dtype = tuple(res["shape"]), as_dtype(res["dtype"])
+    except (KeyError, TypeError) as exc:
+        raise PicogradError("bad_reply", f"a kept run output needs handle, dtype and shape: "
+                                         f"{exc}") from None
+    if shape != t._shape or dtype is not t._dtype:
+        mismatch.append(f"the {t._op} built at {_site_text(t._site)}: client "
+                        f"{shapes.fmt(t._shape)} {t._dtype}, daemon {shapes.fmt(shape)} {dtype}")
+        t._shape, t._dtype = Size(shape), dtype
+    t._buf, t._conn = buf, conn
+    t._op, t._inputs, t._attrs = None, (), None
+
+
+def _site_text(site):
+    return f"{site[0]}:{site[1]}" if site else "an unknown place"
+
+
+_NODE_RE = re.compile(r"\bnode (\d+)")
+
+
+def _with_site(exc, order):
+    """The daemon's error with the creation site of the node it names appended."""
+    m = _NODE_RE.search(exc.message)
+    if m is None or int(m.group(1)) >= len(order):
+        return exc
+    site = order[int(m.group(1))]._site
+    if site is None:
+        return exc
+    return PicogradError(exc.code, f"{exc.message}\n  (created at {_site_text(site)})")
+
+
+def realize(*tensors):
+    """Evaluates all ``tensors`` in one run, so shared subgraphs are computed once; each becomes
+    a daemon handle. Returns the tensor, or the tuple of them."""
+    _execute(keep=tensors)
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors from data
+# ---------------------------------------------------------------------------------------------
+
+
+def _python_array(data):
+    """A numpy array of Python data with torch's default dtypes: floats -> float32, ints ->
+    int64, bools -> bool (numpy alone would pick float64)."""
+    arr = np.array(data)
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float32)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "b":
+        return arr
+    raise TypeError(f"cannot make a tensor of {type(data).__name__} data "
+                    f"(numpy sees dtype {arr.dtype})")
+
+
+def tensor(data, dtype=None, conn=None):
+    """Uploads ``data`` (a Python number or nested list, a numpy array or scalar, or a Tensor)
+    and returns a realized Tensor on ``conn`` (default: the default connection).
+
+    numpy data keeps its dtype (float64 stays float64); Python data follows torch (floats ->
+    float32, ints -> int64, bools -> bool). ``dtype`` converts. numpy types picograd cannot hold
+    (uint8, float16, ...) raise PicogradError("bad_dtype").
+    """
+    if isinstance(data, Tensor):
+        return data.clone() if dtype is None else data.to(dtype)
+    if isinstance(data, (np.ndarray, np.generic)):
+        arr = np.asarray(data)
+        if dtypes.from_numpy_dtype(arr.dtype) is None and dtype is None:
+            raise PicogradError("bad_dtype", f"numpy dtype {arr.dtype} has no picograd dtype "
+                                             "(float32, float64, int32, int64, bool)")
+    else:
+        arr = _python_array(data)
+    if dtype is not None:
+        arr = arr.astype(as_dtype(dtype).numpy_dtype)
+    shapes.check_shape("tensor", arr.shape)
+    conn = conn if conn is not None else default_connection()
+    if len(_state(conn).dead) > _FLUSH_AT:
+        flush(conn)
+    handle = conn.put(arr)
+    return Tensor._make(None, (), None, arr.shape, dtypes.from_numpy_dtype(arr.dtype), conn,
+                        _Buffer(conn, handle))
+
+
+as_tensor = tensor
+
+
+def from_numpy(array):
+    """Uploads numpy ``array`` keeping its dtype; see tensor()."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"expected a numpy.ndarray, got {type(array).__name__}")
+    return tensor(array)
