@@ -117,10 +117,9 @@ static int stop_daemon(spawned_t *d) {
 
 /*
  * Allocates a matrix the way picogradd allocates tensors (server/mem.c): blocks of 4 MiB and more
- * 2 MiB aligned and advised onto transparent huge pages, smaller ones 64-byte aligned. Without
- * this the direct side would run on 4 KiB pages while the daemon's A, B and result sit on huge
- * pages, and at 4096 the TLB misses alone made cblas look about a third slower than picograd.
- * Free with free().
+ * 2 MiB aligned and advised onto transparent huge pages, smaller ones 64-byte aligned, so both
+ * sides run on the same kind of pages (on a host where TLB misses cost, 4 KiB pages would handicap
+ * the direct side only). Free with free().
  */
 static float *matrix_alloc(size_t bytes) {
     size_t align = bytes >= HUGE_MIN ? HUGE_PAGE : 64;

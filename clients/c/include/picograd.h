@@ -161,55 +161,36 @@ typedef struct {
     int nints;            /* PG_ATTR_INTS: entries of ints; PG_ATTR_SLICES: triples */
 } pg_attr_t;
 
+/* Constructors, for arrays such as
+ *   pg_attr_t attrs[] = {pg_attr_ints("dims", dims, 2), pg_attr_bool("keepdim", 1)};
+ * (positional initializers, so the header stays warning-free in C and C++). */
 static inline pg_attr_t pg_attr_int(const char *name, int64_t v) {
-    pg_attr_t a = {0};
-    a.name = name;
-    a.kind = PG_ATTR_INT;
-    a.i = v;
+    pg_attr_t a = {name, PG_ATTR_INT, v, 0.0, NULL, NULL, 0};
     return a;
 }
 static inline pg_attr_t pg_attr_float(const char *name, double v) {
-    pg_attr_t a = {0};
-    a.name = name;
-    a.kind = PG_ATTR_FLOAT;
-    a.f = v;
+    pg_attr_t a = {name, PG_ATTR_FLOAT, 0, v, NULL, NULL, 0};
     return a;
 }
 static inline pg_attr_t pg_attr_bool(const char *name, int v) {
-    pg_attr_t a = {0};
-    a.name = name;
-    a.kind = PG_ATTR_BOOL;
-    a.i = v != 0;
+    pg_attr_t a = {name, PG_ATTR_BOOL, v != 0, 0.0, NULL, NULL, 0};
     return a;
 }
 static inline pg_attr_t pg_attr_str(const char *name, const char *v) {
-    pg_attr_t a = {0};
-    a.name = name;
-    a.kind = PG_ATTR_STR;
-    a.s = v;
+    pg_attr_t a = {name, PG_ATTR_STR, 0, 0.0, v, NULL, 0};
     return a;
 }
 static inline pg_attr_t pg_attr_ints(const char *name, const int64_t *v, int n) {
-    pg_attr_t a = {0};
-    a.name = name;
-    a.kind = PG_ATTR_INTS;
-    a.ints = v;
-    a.nints = n;
+    pg_attr_t a = {name, PG_ATTR_INTS, 0, 0.0, NULL, v, n};
     return a;
 }
 static inline pg_attr_t pg_attr_nil(const char *name) {
-    pg_attr_t a = {0};
-    a.name = name;
-    a.kind = PG_ATTR_NIL;
+    pg_attr_t a = {name, PG_ATTR_NIL, 0, 0.0, NULL, NULL, 0};
     return a;
 }
 /* v holds n triples {start, stop, step}; PG_NONE stands for a nil (default) entry. */
 static inline pg_attr_t pg_attr_slices(const char *name, const int64_t *v, int n) {
-    pg_attr_t a = {0};
-    a.name = name;
-    a.kind = PG_ATTR_SLICES;
-    a.ints = v;
-    a.nints = n;
+    pg_attr_t a = {name, PG_ATTR_SLICES, 0, 0.0, NULL, v, n};
     return a;
 }
 
@@ -243,10 +224,9 @@ PG_API int pg_graph_input(pg_graph_t *g, uint64_t handle);
 PG_API int pg_graph_const(pg_graph_t *g, pg_dtype_t dtype, int rank, const int64_t *shape,
                           const void *data);
 /* Adds a weak scalar: a `const` with a float `value` and no dtype, which behaves like a Python
- * float (it keeps a float tensor's dtype and turns an integer tensor into float32). For a
- * Python-int scalar: `pg_attr_t v = pg_attr_int("value", 3); pg_graph_op(g, "const", NULL, 0,
- * &v, 1)`.
- * Returns the node index or a negative code. */
+ * float (it keeps a float tensor's dtype and turns an integer or bool tensor into float32). For
+ * a Python-int scalar use `pg_attr_t v = pg_attr_int("value", 3);` and
+ * `pg_graph_op(g, "const", NULL, 0, &v, 1)`. Returns the node index or a negative code. */
 PG_API int pg_graph_scalar(pg_graph_t *g, double value);
 /* Adds a node running op (a name from PROTOCOL.md section 6) on inputs[0..ninputs) (earlier node
  * indices; NULL when ninputs is 0) with attrs[0..nattrs) (NULL when nattrs is 0). Every pointer

@@ -91,9 +91,14 @@ def _read(name):  # name: relative to ROOT, with "/"
 
 
 def _package_files():
-    """Every picograd/*.py, relative to ROOT; tests/ and the rest are left out."""
-    names = sorted(os.listdir(os.path.join(ROOT, PACKAGE)))
-    return [PACKAGE + "/" + n for n in names if n.endswith(".py")]
+    """Every .py under picograd/ (subpackages such as picograd/nn included), relative to ROOT;
+    tests/, caches and the rest are left out."""
+    out = []
+    for folder, dirs, names in os.walk(os.path.join(ROOT, PACKAGE)):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        rel = os.path.relpath(folder, ROOT).replace(os.sep, "/")
+        out += [rel + "/" + n for n in sorted(names) if n.endswith(".py")]
+    return out
 
 
 def _write_wheel(wheel_directory, contents):

@@ -217,7 +217,7 @@ def cat(tensors, dim=0):
     if len(tensors) == 1:
         return tensors[0]
     _, shape = shapes.cat("cat", [t.shape for t in tensors], axis)
-    dtype = shapes.result_type(*[(t.dtype, False) for t in tensors])
+    dtype = shapes.result_type(*[(t.dtype, shapes.DIMS) for t in tensors])
     return _node("cat", tensors, {"dim": axis}, shape, dtype)
 
 
@@ -230,7 +230,7 @@ def stack(tensors, dim=0):
     axis, shape = shapes.stack("stack", [t.shape for t in tensors], dim)
     if len(tensors) > MAX_NODE_INPUTS:
         return cat([t.unsqueeze(axis) for t in tensors], axis)
-    dtype = shapes.result_type(*[(t.dtype, False) for t in tensors])
+    dtype = shapes.result_type(*[(t.dtype, shapes.DIMS) for t in tensors])
     return _node("stack", tensors, {"dim": axis}, shape, dtype)
 
 

@@ -6,7 +6,7 @@ every node's result shape and dtype is inferred here, when the node is built, wi
 the daemon applies when it checks the run:
 
     broadcast("add", (2, 1), (3,))          -> (2, 3)
-    result_type(float32, weak(int))         -> float32    (a Python 2 does not promote)
+    result_type((float32, DIMS), (int64, WEAK))   -> float32   (x + 2 stays float32)
     matmul("matmul", (5, 2, 3), (3, 4))     -> (5, 2, 4)
 
 The functions take plain tuples and DType objects and know nothing of tensors or sockets. A rule

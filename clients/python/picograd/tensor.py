@@ -45,7 +45,7 @@ import numpy as np
 
 from . import dtypes, shapes
 from .client import default_connection
-from .dtypes import DType, as_dtype
+from .dtypes import as_dtype
 from .shapes import DimError, ShapeError, Size
 from .wire import PicogradError
 
@@ -160,9 +160,13 @@ def _exchange(conn, op, **fields):
                 conn.recv()
         for h in dead:
             conn.send("free", handle=h)
-        rid = conn.send(op, **fields)
-        for _ in dead:
-            conn.recv()
+        try:
+            rid = conn.send(op, **fields)
+        finally:
+            # Read the free replies even when the request could not be sent (say, an encoding
+            # error): left unread, they would make every later call() fail as "busy".
+            for _ in dead:
+                conn.recv()
         reply = conn.recv()
     if reply.get("ok") is not True:
         err = reply.get("error") if isinstance(reply.get("error"), dict) else {}
@@ -334,6 +338,8 @@ class Tensor:
     def __repr__(self):
         arr = self.numpy()
         body = np.array2string(arr, separator=", ", prefix="tensor(")
+        if arr.size == 0 and arr.ndim != 1:  # "[]" alone would hide the shape, as in torch
+            body += f", size={tuple(arr.shape)}"
         return f"tensor({body}, dtype={self._dtype})"
 
     __str__ = __repr__
@@ -566,11 +572,11 @@ class Tensor:
                 out = out.minimum(max)
             return out
         attrs = {}
-        operands = [(self._dtype, False)]
+        operands = [(self._dtype, shapes.DIMS)]
         for name, bound in (("min", min), ("max", max)):
             if bound is not None:
                 attrs[name] = _scalar_value(bound)
-                operands.append((shapes.scalar_type(attrs[name]), True))
+                operands.append((shapes.scalar_type(attrs[name]), shapes.WEAK))
         target = shapes.result_type(*operands)
         if target is not self._dtype:
             out = out.to(target)
@@ -738,10 +744,9 @@ class Tensor:
     def expand_as(self, other):
         return self.expand(other.shape)
 
-    def flip(self, dims):
-        if isinstance(dims, int):
-            dims = [dims]
-        order = shapes.norm_dims("flip", list(dims), self.ndim)
+    def flip(self, *dims):
+        """Reverses the listed axes: flip(0, 2) or flip((0, 2)) or flip([0, 2])."""
+        order = shapes.norm_dims("flip", list(_shape_args(dims)), self.ndim)
         if not order or self.ndim == 0:
             return self
         return _node("flip", [self], {"dims": list(order)}, self._shape, self._dtype)
@@ -900,16 +905,37 @@ def _operand_or_raise(x, like):
 _BOOL_RESULT = frozenset(("eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or"))
 
 
+def _tier(t):
+    """Where ``t`` stands in torch's promotion: a Python number, a 0-d tensor, or one with dims."""
+    if t._weak:
+        return shapes.WEAK
+    return shapes.DIMS if t._shape else shapes.ZERO_DIM
+
+
+def _promote(tensors):
+    """Returns (dtype, tensors): the dtype torch computes ``tensors`` in, and the tensors with
+    every 0-d one cast to it when tensors with dims are present.
+
+    The casts are what makes the daemon agree: it promotes 0-d tensors like any other (only
+    Python numbers are weak there), while torch lets float32[3] + float64[] stay float32.
+    """
+    dtype = shapes.result_type(*[(t._dtype, _tier(t)) for t in tensors])
+    if builtins.any(_tier(t) == shapes.DIMS for t in tensors):
+        tensors = [t.to(dtype) if _tier(t) == shapes.ZERO_DIM else t for t in tensors]
+    return dtype, tensors
+
+
 def _binary(op, a, b):
-    """An elementwise binary node: numpy broadcasting, torch promotion (weak scalars included);
-    comparisons and logical ops give bool, div gives a float."""
+    """An elementwise binary node: numpy broadcasting, torch promotion (weak scalars and 0-d
+    tensors included); comparisons and logical ops give bool, div gives a float."""
     shape = shapes.broadcast(op, a._shape, b._shape)
+    if op in ("logical_and", "logical_or"):
+        return _node(op, [a, b], {}, shape, dtypes.bool_)  # truth values need no common dtype
+    dtype, (a, b) = _promote([a, b])
     if op in _BOOL_RESULT:
         dtype = dtypes.bool_
-    else:
-        dtype = shapes.result_type((a._dtype, a._weak), (b._dtype, b._weak))
-        if op == "div":
-            dtype = shapes.float_type(dtype)
+    elif op == "div":
+        dtype = shapes.float_type(dtype)
     return _node(op, [a, b], {}, shape, dtype)
 
 
@@ -1026,7 +1052,7 @@ def matmul(a, b):
     _need_tensor("matmul", a)
     _need_tensor("matmul", b)
     shape = shapes.matmul("matmul", a._shape, b._shape)
-    dtype = shapes.result_type((a._dtype, False), (b._dtype, False))
+    dtype = shapes.result_type((a._dtype, shapes.DIMS), (b._dtype, shapes.DIMS))
     return _node("matmul", [a, b], {}, shape, dtype)
 
 
@@ -1037,7 +1063,7 @@ def where(condition, input, other):
     a = _operand_or_raise(input, condition)
     b = _operand_or_raise(other, condition)
     shape = shapes.broadcast("where", condition._shape, a._shape, b._shape)
-    dtype = shapes.result_type((a._dtype, a._weak), (b._dtype, b._weak))
+    dtype, (a, b) = _promote([a, b])
     return _node("where", [condition, a, b], {}, shape, dtype)
 
 
@@ -1294,10 +1320,12 @@ def realize(*tensors):
 # ---------------------------------------------------------------------------------------------
 
 
-def _python_array(data):
+def _python_array(data, default_dtypes=True):
     """A numpy array of Python data with torch's default dtypes: floats -> float32, ints ->
     int64, bools -> bool (numpy alone would pick float64)."""
     arr = np.array(data)
+    if not default_dtypes and arr.dtype.kind in "biuf":
+        return arr
     if arr.dtype.kind == "f":
         return arr.astype(np.float32)
     if arr.dtype.kind in "iu":
@@ -1318,15 +1346,19 @@ def tensor(data, dtype=None, conn=None):
     """
     if isinstance(data, Tensor):
         return data.clone() if dtype is None else data.to(dtype)
-    if isinstance(data, (np.ndarray, np.generic)):
-        arr = np.asarray(data)
-        if dtypes.from_numpy_dtype(arr.dtype) is None and dtype is None:
-            raise PicogradError("bad_dtype", f"numpy dtype {arr.dtype} has no picograd dtype "
-                                             "(float32, float64, int32, int64, bool)")
-    else:
-        arr = _python_array(data)
-    if dtype is not None:
-        arr = arr.astype(as_dtype(dtype).numpy_dtype)
+    # Conversions overflow to inf quietly, as in torch (numpy would warn).
+    with np.errstate(over="ignore", invalid="ignore"):
+        if isinstance(data, (np.ndarray, np.generic)):
+            arr = np.asarray(data)
+            if dtypes.from_numpy_dtype(arr.dtype) is None and dtype is None:
+                raise PicogradError("bad_dtype", f"numpy dtype {arr.dtype} has no picograd "
+                                                 "dtype (float32, float64, int32, int64, bool)")
+        else:
+            # With a dtype, convert straight from numpy's float64/int64 view of the Python data:
+            # going through the default float32 first would round 0.1 on its way to float64.
+            arr = _python_array(data, default_dtypes=dtype is None)
+        if dtype is not None:
+            arr = arr.astype(as_dtype(dtype).numpy_dtype)
     shapes.check_shape("tensor", arr.shape)
     conn = conn if conn is not None else default_connection()
     if len(_state(conn).dead) > _FLUSH_AT:

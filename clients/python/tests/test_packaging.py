@@ -32,7 +32,8 @@ def test_wheel_contents_and_record(backend, tmp_path):
     assert name == "picograd-0.1.0-py3-none-any.whl"
     with zipfile.ZipFile(tmp_path / name) as zf:
         files = {n: zf.read(n) for n in zf.namelist()}
-    for required in ("picograd/__init__.py", "picograd/client.py", "picograd/wire.py"):
+    for required in ("picograd/__init__.py", "picograd/client.py", "picograd/wire.py",
+                     "picograd/tensor.py", "picograd/nn/__init__.py", "picograd/nn/functional.py"):
         assert required in files
     dist_info = "picograd-0.1.0.dist-info/"
     for meta in ("METADATA", "WHEEL", "RECORD"):

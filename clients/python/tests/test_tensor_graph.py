@@ -180,19 +180,29 @@ def test_broadcast_and_its_error():
         shapes.broadcast("add", (2, 3), (4,))
 
 
-def test_promotion_with_weak_scalars():
+def test_promotion_tiers():
     f32, f64, i32, i64, b = pg.float32, pg.float64, pg.int32, pg.int64, pg.bool
-    rt = shapes.result_type
-    assert rt((i32, False), (f32, False)) is f32
-    assert rt((i64, False), (f64, False)) is f64
-    assert rt((b, False), (i32, False)) is i32
-    assert rt((f32, False), (i64, True)) is f32          # x + 2 keeps float32
-    assert rt((f64, False), (f32, True)) is f64          # x + 2.0 keeps float64
-    assert rt((i32, False), (f32, True)) is f32          # int tensor + 2.5 -> float32
-    assert rt((i32, False), (i64, True)) is i32          # int32 + 2 stays int32
-    assert rt((b, False), (i64, True)) is i64            # bool + 1 -> int64
-    assert rt((b, False), (b, True)) is b
-    assert rt((f32, True), (i64, True)) is f32           # where(c, 1.0, 0)
+    D, Z, W = shapes.DIMS, shapes.ZERO_DIM, shapes.WEAK
+
+    def rt(*ops):
+        return shapes.result_type(*ops)
+
+    assert rt((i32, D), (f32, D)) is f32
+    assert rt((i64, D), (f64, D)) is f64
+    assert rt((b, D), (i32, D)) is i32
+    assert rt((f32, D), (i64, W)) is f32          # x + 2 keeps float32
+    assert rt((f64, D), (f32, W)) is f64          # x + 2.0 keeps float64
+    assert rt((i32, D), (f32, W)) is f32          # int tensor + 2.5 -> float32
+    assert rt((i32, D), (i64, W)) is i32          # int32 + 2 stays int32
+    assert rt((b, D), (i64, W)) is i64            # bool + 1 -> int64
+    assert rt((b, D), (b, W)) is b
+    assert rt((f32, W), (i64, W)) is f32          # where(c, 1.0, 0)
+    assert rt((f32, D), (f64, Z)) is f32          # a 0-d tensor does not promote ...
+    assert rt((i32, D), (i64, Z)) is i32
+    assert rt((i32, D), (f64, Z)) is f64          # ... unless it brings a higher category
+    assert rt((b, D), (i32, Z)) is i32
+    assert rt((i32, Z), (f32, W)) is f32
+    assert rt((f64, Z), (f32, Z)) is f64
 
 
 def test_matmul_shapes():
@@ -380,6 +390,12 @@ except ImportError:
     ("sign", lambda m, x, i, b: i.sign()),
     ("reciprocal_int", lambda m, x, i, b: i.reciprocal()),
     ("maximum", lambda m, x, i, b: m.maximum(i.int(), x.double())),
+    ("zero_dim_lower", lambda m, x, i, b: x + x.double().sum()),
+    ("zero_dim_higher", lambda m, x, i, b: i.int() * x.double().sum()),
+    ("zero_dim_int", lambda m, x, i, b: m.where(b, i.int(), i.sum())),
+    ("zero_dim_cmp", lambda m, x, i, b: i.int() < x.double().sum()),
+    ("zero_dims_only", lambda m, x, i, b: x.sum() + i.int().sum()),
+    ("flip_varargs", lambda m, x, i, b: x.flip(0, 2)),
 ])
 def test_inference_matches_torch(name, fn):
     tx = torch.zeros(2, 3, 4)
@@ -420,6 +436,16 @@ def test_nn_inference_matches_torch(name, fn):
     got = fn(F, pg)
     assert tuple(got.shape) == tuple(want.shape), name
     assert str(got.dtype) == str(want.dtype).replace("torch.", ""), name
+
+
+def test_zero_dim_operands_are_cast_for_the_daemon():
+    x = pg.zeros(3)
+    s = pg.zeros(2, dtype=pg.float64).sum()
+    y = x + s
+    assert y.dtype is pg.float32
+    ops = [n["op"] for n in T._build([y])[0]]
+    assert ops == ["full", "full", "sum", "cast", "add"]
+    assert T._build([y])[0][3]["dtype"] == "float32"
 
 
 def test_nn_nodes_carry_pairs_on_the_wire():
@@ -526,11 +552,13 @@ def test_tensor_uploads_with_torch_default_dtypes(conn):
     assert pg.tensor(np.zeros(2)).dtype is pg.float64
     assert pg.tensor(np.zeros(2, np.int32)).dtype is pg.int32
     assert pg.tensor([1, 2], dtype=pg.float64).dtype is pg.float64
+    assert pg.tensor([0.1], dtype=pg.float64).tolist() == [0.1]  # not rounded via float32
+    assert pg.tensor([1e300, 1e-300], dtype=pg.bool).tolist() == [True, True]
     assert pg.from_numpy(np.ones((2, 2), np.float32)).is_realized
     with pytest.raises(PicogradError, match="bad_dtype"):
         pg.tensor(np.zeros(2, np.uint8))
     assert pg.tensor([]).shape == (0,)
-    assert all(op == "put" for op in conn.ops())
+    assert "run" not in conn.ops()  # uploads are eager puts
 
 
 def test_numpy_is_one_run_with_a_kept_and_an_inline_output(conn):
@@ -678,3 +706,13 @@ def test_mixing_connections_is_refused(conn):
     y = pg.tensor([1.0], conn=other)
     with pytest.raises(PicogradError, match="different connections"):
         x + y
+
+
+def test_fetching_several_tensors_is_one_run(conn):
+    a, b = pg.tensor([1, 2]), pg.tensor([[1.5]])
+    c = a * 2
+    conn.requests.clear()
+    got = T._execute(fetch=[a, b, c, a])
+    assert conn.ops() == ["run"]
+    assert [g.tolist() for g in got] == [[1, 2], [[1.5]], [2, 4], [1, 2]]
+    assert c.is_realized

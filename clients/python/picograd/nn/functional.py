@@ -42,7 +42,7 @@ def _unsupported(op, **options):
 
 
 def _promote(*tensors):
-    return shapes.result_type(*[(t.dtype, False) for t in tensors if t is not None])
+    return shapes.result_type(*[(t.dtype, shapes.DIMS) for t in tensors if t is not None])
 
 
 # ---------------------------------------------------------------------------------------------
