@@ -136,6 +136,10 @@ static int attr_ints(lctx_t *c, const char *name, int64_t *out, int max, int *n,
         *n = repeat;
         return 0;
     }
+    if (o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size > (uint32_t)max &&
+        strcmp(name, "shape") == 0)
+        return fail(c, PG_EBAD_SHAPE, "a shape of rank %u is over the limit of %d",
+                    o->via.array.size, max);
     if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size > (uint32_t)max)
         return fail(c, PG_EBAD_REQUEST, "attribute '%s' must be a list of at most %d ints", name,
                     max);
@@ -1028,19 +1032,31 @@ static int32_t r_index(lctx_t *c) {
     return prim(c, c->variant, in, 2, &a);
 }
 
+/* one_hot(idx, k) = rows of the k x k identity picked by idx: index_select refuses a class
+ * outside [0, k) at run time, as PyTorch does, instead of yielding an all-zero row. */
 static int32_t r_one_hot(lctx_t *c) {
     int64_t k = 0;
-    int32_t idx = 0, ar = 0, r = 0;
+    int32_t idx, col, row, eye, r;
     TRY(attr_int(c, "num_classes", false, 0, &k));
     if (k <= 0)
         return fail(c, PG_EBAD_REQUEST, "num_classes must be positive, got %lld", (long long)k);
     TRY(idx = index_input(c, c->in[0]));
-    int64_t shape[1] = {k};
+    int rank = N(idx)->rank;
+    if (rank >= PROTO_MAX_RANK)
+        return fail(c, PG_EBAD_SHAPE, "the result would have rank over %d", PROTO_MAX_RANK);
+    int64_t out[PROTO_MAX_RANK], flat[1] = {(int64_t)N(idx)->numel}, kk[1] = {k};
+    memcpy(out, N(idx)->shape, sizeof(int64_t) * (size_t)rank);
+    out[rank] = k;
     gattr_t a = {.astart = 0, .astep = 1};
-    TRY(ar = graph_add(c->g, PRIM_arange, NULL, 0, &a, PG_INT64, 1, shape, NULL, c->err));
-    TRY(idx = unsqueeze(c, idx, N(idx)->rank));
-    TRY(r = binary(c, PRIM_eq, idx, ar));
-    return cast(c, r, PG_INT64);
+    TRY(col = graph_add(c->g, PRIM_arange, NULL, 0, &a, PG_INT64, 1, kk, NULL, c->err));
+    TRY(row = unsqueeze(c, col, 1));
+    TRY(eye = binary(c, PRIM_eq, row, col));
+    TRY(eye = cast(c, eye, PG_INT64));
+    TRY(idx = reshape(c, idx, 1, flat));
+    int32_t in[2] = {eye, idx};
+    gattr_t sel = {.ndims = 1, .dims = {0}};
+    TRY(r = prim(c, PRIM_index_select, in, 2, &sel));
+    return reshape(c, r, rank + 1, out);
 }
 
 static int32_t r_embedding(lctx_t *c) {
