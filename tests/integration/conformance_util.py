@@ -11,7 +11,8 @@ How to add an op to the suite:
      same code runs in torch (which gives the expected dtype and shape, and says by raising that a
      dtype is not applicable) and in picograd.
   2. Give a numpy reference ``ref(*arrays)`` (inputs arrive as float64 unless ``exact_ref``), or
-     none to compare with torch in float64.
+     none to compare with torch in float64 ("native": torch in the inputs' own dtypes, for
+     overflow and special values).
   3. Make inputs with ``make_input(rng, shape, dtype, domain, layout)``: random data in the op's
      domain ("pos" for log, "nonzero" for divisors, ...), laid out in picograd as a contiguous
      upload or as a non-contiguous view (permute, slice with steps, expand) of one.
@@ -352,8 +353,6 @@ class Report:
         return True
 
     def finish(self, min_passed=1):
-        import os
-        if os.environ.get("CONF_COUNTS"): print(f"\nCOUNTS {os.environ.get('PYTEST_CURRENT_TEST','').split('::')[-1]} passed={self.passed} skipped={self.skipped} failed={len(self.failures)}")
         """Fails the test when any case failed (listing them) or fewer than ``min_passed`` ran."""
         if self.failures:
             lines = self.failures[:self.MAX_LINES]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import picograd as pg
-from conformance_util import (DTYPES, FLOATS, LAYOUTS, Report, describe, make_input,
+from conformance_util import (DTYPES, FLOATS, INTS, LAYOUTS, Report, describe, make_input,
                               torch_accepts)
 from conformance_util import conn, rng, shared_daemon  # noqa: F401 (fixtures)
 
@@ -366,7 +366,6 @@ SPECIAL = [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1.0, -2.5, 1e-3
 
 
 def _special(dtype, column=False):
-    import picograd as pg
     a = np.array(SPECIAL, dtype=dtype)
     a = a.reshape(-1, 1) if column else a
     return a, pg.from_numpy(a.copy())
@@ -382,7 +381,6 @@ def test_special_values(conn, dtype):
         rep.check(f"{name}({x[0].tolist()})", UNARY[name][0], [x], "native")
     # sign(NaN): torch gives 0, numpy NaN; torch calls its own answer a bug (pytorch#41245), so
     # NaN is left out here and either answer passes.
-    import picograd as pg
     no_nan = x[0][1:].copy()
     rep.check(f"sign({no_nan.tolist()})", UNARY["sign"][0], [(no_nan, pg.from_numpy(no_nan))],
               "native")
@@ -397,3 +395,36 @@ def test_special_values(conn, dtype):
                "gt", "ge"):
         rep.check(f"{op}(column {SPECIAL}, row {SPECIAL})", BINARY[op][0], [col, x], "native")
     rep.finish()
+
+
+@pytest.mark.parametrize("dtype", INTS)
+def test_integer_overflow_wraps(conn, dtype):
+    """Integer arithmetic wraps around in two's complement, as in torch and numpy (and never
+    trips the daemon's sanitizers: the kernels must not rely on signed overflow)."""
+    info = np.iinfo(dtype)
+    a = np.array([info.max, info.min, info.max - 1, -5, info.min + 1, 3], dtype=dtype)
+    b = np.array([1, -1, info.max, info.min, info.min, info.max], dtype=dtype)
+    x, y = (a, pg.from_numpy(a.copy())), (b, pg.from_numpy(b.copy()))
+    rep = Report()
+    with np.errstate(over="ignore"):
+        for name, fn, ref in [("x + y", lambda m, p, q: p + q, lambda p, q: p + q),
+                              ("x - y", lambda m, p, q: p - q, lambda p, q: p - q),
+                              ("x * y", lambda m, p, q: p * q, lambda p, q: p * q),
+                              ("x * 3", lambda m, p, q: p * 3, lambda p, q: p * dtype_(3, p)),
+                              ("x + 1", lambda m, p, q: p + 1, lambda p, q: p + dtype_(1, p)),
+                              ("-x", lambda m, p, q: -p, lambda p, q: -p),
+                              ("x.abs()", lambda m, p, q: p.abs(), lambda p, q: np.abs(p)),
+                              ("x.square()", lambda m, p, q: p.square(), lambda p, q: p * p),
+                              ("x.cumsum(0)", lambda m, p, q: p.cumsum(0),
+                               lambda p, q: np.cumsum(p.astype(np.int64))),
+                              ("x.sum()", lambda m, p, q: p.sum(),
+                               lambda p, q: np.sum(p.astype(np.int64))),
+                              ("x.prod()", lambda m, p, q: p.prod(),
+                               lambda p, q: np.prod(p.astype(np.int64)))]:
+            rep.check(f"{name} with x={a.tolist()}, y={b.tolist()}", fn, [x, y], ref,
+                      exact_ref=True)
+    rep.finish()
+
+
+def dtype_(v, like):
+    return np.asarray(v, dtype=like.dtype)

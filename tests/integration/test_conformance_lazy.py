@@ -171,7 +171,7 @@ def test_metadata_needs_no_run(conn, rng):
     """shape, dtype, ndim, size(), numel(), len() of a pending tensor need no round trip."""
     x = pg.from_numpy(gen(rng, (4, 6, 5), "float32"))
     r0 = _runs(conn)
-    y = (x.permute(2, 0, 1)[1:, ::2] @ pg.ones(3, 7)).sum(dim=1, keepdim=True).unsqueeze(0)
+    y = (x.permute(2, 0, 1)[1:, ::2] @ pg.ones(6, 7)).sum(dim=1, keepdim=True).unsqueeze(0)
     assert tuple(y.shape) == (1, 4, 1, 7)
     assert y.dtype == pg.float32
     assert y.ndim == 4 and y.dim() == 4 and y.numel() == 28 and len(y) == 1

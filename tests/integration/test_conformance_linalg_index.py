@@ -9,6 +9,7 @@ with transposed, sliced and expanded operands; gather and index_select with rand
 import numpy as np
 import pytest
 
+import picograd as pg
 from conformance_util import DTYPES, LAYOUTS, Report, describe, make_input
 from conformance_util import conn, rng, shared_daemon  # noqa: F401 (fixtures)
 
@@ -85,7 +86,6 @@ def test_gather(conn, rng, dtype):
 
 def _index_tensor(idx_np, layout):
     """A picograd tensor holding ``idx_np``, laid out like make_input's ``layout`` (no expand)."""
-    import picograd as pg
     if layout == "permute" and idx_np.ndim >= 2:
         perm = tuple(reversed(range(idx_np.ndim)))
         return idx_np, pg.from_numpy(np.ascontiguousarray(idx_np.transpose(perm))).permute(*perm)

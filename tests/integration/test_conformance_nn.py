@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+import picograd as pg
 from conformance_util import LAYOUTS, Report, describe, make_input
 from conformance_util import conn, rng, shared_daemon  # noqa: F401 (fixtures)
 
@@ -104,7 +105,6 @@ def test_cross_entropy(conn, rng, dtype):
 
 
 def _tensor(a):
-    import picograd as pg
     return pg.from_numpy(np.array(a, order="C", copy=True))
 
 
@@ -288,7 +288,6 @@ def test_one_hot(conn, rng):
 
 def _index_input(idx_np, layout):
     """(array, picograd tensor) for an index array, contiguous or as a strided view."""
-    import picograd as pg
     if layout == "permute" and idx_np.ndim >= 2:
         perm = tuple(reversed(range(idx_np.ndim)))
         return idx_np, pg.from_numpy(np.ascontiguousarray(idx_np.transpose(perm))).permute(*perm)

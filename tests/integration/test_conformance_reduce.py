@@ -10,6 +10,7 @@ and not tested). Float tolerances grow with the number of elements reduced into 
 import numpy as np
 import pytest
 
+import picograd as pg
 from conformance_util import (DTYPES, LAYOUTS, Report, describe, make_input, reduced_count,
                               torch_accepts)
 from conformance_util import conn, rng, shared_daemon  # noqa: F401 (fixtures)
@@ -163,7 +164,6 @@ def test_max_min(conn, rng, op, dtype):
 
 def test_max_dim_returns_named_pair(conn, rng):
     """torch.return_types.max: .values and .indices, unpackable as a pair."""
-    import picograd as pg
     a = rng.integers(-5, 6, (4, 6)).astype(np.float32)
     r = pg.from_numpy(a).max(dim=1)
     values, indices = r
@@ -320,7 +320,6 @@ def test_large_reductions(conn, rng, layout):
 def test_special_value_reductions(conn, dtype):
     """NaN propagates through sum/max/min/cumsum (argmax points at it); logsumexp survives
     +inf and all -inf rows; softmax of rows with -inf (masking) and of all -inf, against torch."""
-    import picograd as pg
     nan, inf = float("nan"), float("inf")
     rows = np.array([[1.0, nan, 3.0, -1.0], [inf, 1.0, 2.0, 0.5], [-inf, -inf, -inf, -inf],
                      [-inf, 0.0, 1.0, -inf], [inf, -inf, 0.0, 1.0], [2.0, 2.0, -3.0, 1e30]],
