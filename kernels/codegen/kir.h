@@ -1,0 +1,84 @@
+/*
+ * kir.h - the kernel IR: one fused loop, described independently of any target language.
+ *
+ * A kernel computes one contiguous output from up to KIR_MAX_INPUTS contiguous input buffers.
+ * It iterates over an N-d "iteration space" (shape[0..rank)); every input is read through an
+ * affine index baked into the kernel (offset + sum(idx[d] * strides[d]), in elements), which is
+ * how permute, expand, slice and flip cost nothing inside a fused kernel. The body is an SSA list
+ * of values (loads, constants, unary/binary/where/cast primitives from ops.def); the last value is
+ * the result. An optional trailing reduction folds the result over the axes marked `reduced`.
+ *
+ *   before (primitives):  t = mul(a, expand(b)); u = relu(t); s = sum(u, dims=[1])
+ *   after (one kernel):   iteration space [N, M], reduced = {1}
+ *                         v0 = load in0[i0*M + i1]; v1 = load in1[i1]; v2 = mul v0 v1;
+ *                         v3 = relu v2; out[i0] = sum over i1 of v3
+ *
+ * The C renderer (render_c.c) turns it into C; a CUDA renderer can sit beside it, reading the
+ * same structure. A kernel's source, and therefore its name and cache key, depends only on this
+ * structure: never on a counter or on the order of earlier requests.
+ */
+#ifndef PG_KIR_H
+#define PG_KIR_H
+
+#include "../../server/graph/graph.h"
+
+#define KIR_MAX_INPUTS 16
+#define KIR_MAX_VALS 256
+
+typedef enum {
+    KIR_LOAD,   /* read input `input` at the current index */
+    KIR_CONST,  /* the number `value` in `dtype` */
+    KIR_OP,     /* primitive `prim` (PK_UNARY incl. cast, PK_BINARY, PK_WHERE) on values a, b, c */
+} kir_kind_t;
+
+typedef struct {
+    kir_kind_t kind;
+    prim_t prim;        /* KIR_OP: the primitive (its semantics are ops.def's) */
+    pg_dtype_t dtype;   /* the value's dtype */
+    int a, b, c;        /* KIR_OP operands: indices of earlier values (unused ones -1) */
+    int input;          /* KIR_LOAD: index into kir_kernel_t.in */
+    double value;       /* KIR_CONST */
+} kir_val_t;
+
+typedef struct {
+    pg_dtype_t dtype;                  /* element type of the buffer */
+    int64_t off;                       /* element offset of iteration index [0, ..., 0] */
+    int64_t strides[PROTO_MAX_RANK];   /* elements per step of each iteration axis (0: broadcast,
+                                        * negative: flipped) */
+} kir_input_t;
+
+typedef struct {
+    int rank;                          /* iteration space rank, 0 to PROTO_MAX_RANK */
+    int64_t shape[PROTO_MAX_RANK];     /* iteration space shape */
+    int nin;
+    kir_input_t in[KIR_MAX_INPUTS];
+    int nvals;
+    kir_val_t vals[KIR_MAX_VALS];      /* SSA, in order; vals[nvals - 1] is the result */
+    prim_t reduce;                     /* PRIM_sum, prod, max, min, any, all; PRIM_COUNT: none */
+    bool reduced[PROTO_MAX_RANK];      /* with a reduction: the iteration axes folded away */
+    pg_dtype_t out_dtype;              /* the output's dtype (the result's) */
+} kir_kernel_t;
+
+/*
+ * The compiled form of a kernel: computes output elements [start, end) in C order of the output
+ * shape (the iteration shape without reduced axes). bufs[0] is the output, bufs[1 + k] input k.
+ */
+typedef void (*kir_fn_t)(void *const *bufs, int64_t start, int64_t end);
+
+/* Output elements of a kernel (product of the non-reduced iteration dims). */
+uint64_t kir_out_numel(const kir_kernel_t *k);
+
+/*
+ * Renders k as a self-contained C11 translation unit defining
+ *   void NAME(void *const *bufs, int64_t start, int64_t end)
+ * where NAME is "pg_k_" followed by 16 hex digits of a hash of the kernel's body, written to
+ * name (at least 24 bytes). Returns a new NUL-terminated string (free with pg_free), or NULL
+ * when memory runs out. The source is a function of k only.
+ */
+char *kir_render_c(const kir_kernel_t *k, char *name, size_t name_cap);
+
+/* 64-bit FNV-1a hash of n bytes, continuing from h (start with KIR_HASH_INIT). */
+#define KIR_HASH_INIT 0xcbf29ce484222325ull
+uint64_t kir_hash(uint64_t h, const void *data, size_t n);
+
+#endif /* PG_KIR_H */
