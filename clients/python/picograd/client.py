@@ -105,6 +105,8 @@ class Connection:
 
     def _drop(self):
         sock, self._sock = self._sock, None
+        with self._pending_lock:
+            self._pending = 0  # replies of a closed socket will never come: nothing is pending
         if sock is not None:
             try:
                 sock.close()
