@@ -38,6 +38,9 @@ typedef struct {
     uint64_t max_sessions;    /* --max-sessions */
     double shutdown_timeout;  /* --shutdown-timeout, seconds */
     uint64_t phys_memory;     /* physical memory, for hello */
+    bool jit;                 /* --jit on|off: compile fused kernels (default on) */
+    const char *cc;           /* --cc: the C compiler command for kernels (default "cc") */
+    const char *cache_dir;    /* --cache-dir: where compiled kernels are kept between runs */
 } cfg_t;
 
 struct conn;
@@ -134,7 +137,8 @@ typedef enum { OPS_ON_LOOP, OPS_ON_WORKER } ops_where_t;
     XX(free, OPS_ON_LOOP)                                                                          \
     XX(stats, OPS_ON_LOOP)                                                                         \
     XX(sleep, OPS_ON_WORKER)                                                                       \
-    XX(run, OPS_ON_WORKER)
+    XX(run, OPS_ON_WORKER)                                                                         \
+    XX(explain, OPS_ON_WORKER)
 
 typedef enum {
 #define XX(name, where) OPS_##name,

@@ -8,10 +8,12 @@
  * closed, or once --shutdown-timeout has passed, cancelling what still runs. A second signal
  * skips the wait.
  */
+#include "../kernels/cpu/jit.h"
 #include "../kernels/ref/ref.h"
 #include "daemon.h"
 #include "log.h"
 #include "mem.h"
+#include "plan.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -41,7 +43,14 @@ static void usage(FILE *f) {
             "                          (default 256M)\n"
             "  --max-sessions N        open connections at once (default %d)\n"
             "  --shutdown-timeout SEC  time given to received requests at SIGTERM (default 10)\n"
-            "  --log-level LEVEL       error, warn, info or debug (default info)\n"
+            "  --log-level LEVEL       error, warn, info or debug (default info; debug also\n"
+            "                          prints the plan of every graph compiled)\n"
+            "  --jit on|off            fuse elementwise ops into compiled C kernels (default on;\n"
+            "                          off, or no working compiler: interpret every op)\n"
+            "  --cc PATH               C compiler for kernels (default cc)\n"
+            "  --cache-dir DIR         compiled kernels kept between runs (default\n"
+            "                          $XDG_CACHE_HOME/picogradd, else $HOME/.cache/picogradd,\n"
+            "                          else /tmp/picogradd-cache-$UID)\n"
             "  --help, --version\n"
             "\n"
             "BYTES accept a K, M or G suffix (powers of 1024).\n",
@@ -85,6 +94,7 @@ static bool parse_range(const char *flag, const char *s, uint64_t lo, uint64_t h
 enum {
     OPT_LISTEN = 256, OPT_THREADS, OPT_MAX_FRAME, OPT_MAX_MEMORY, OPT_MAX_INFLIGHT,
     OPT_MAX_UNSENT, OPT_MAX_SESSIONS, OPT_SHUTDOWN_TIMEOUT, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION,
+    OPT_JIT, OPT_CC, OPT_CACHE_DIR,
 };
 
 /* Fills cfg from argv. Returns 0 to run, 1 for a usage error, 2 after --help or --version. */
@@ -99,6 +109,9 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
         {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
         {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN_TIMEOUT},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"jit", required_argument, NULL, OPT_JIT},
+        {"cc", required_argument, NULL, OPT_CC},
+        {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -114,6 +127,9 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
     cfg->max_unsent = LIM_MAX_UNSENT_DEFAULT;
     cfg->max_sessions = LIM_MAX_SESSIONS_DEFAULT;
     cfg->shutdown_timeout = LIM_SHUTDOWN_TIMEOUT_DEFAULT;
+    cfg->jit = true;
+    cfg->cc = "cc";
+    cfg->cache_dir = NULL; /* main picks the default */
 
     int opt;
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -172,6 +188,27 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
             log_set_level((log_level_t)lvl);
             break;
         }
+        case OPT_JIT:
+            if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
+                fprintf(stderr, "picogradd: --jit must be on or off\n");
+                return 1;
+            }
+            cfg->jit = strcmp(optarg, "on") == 0;
+            break;
+        case OPT_CC:
+            if (!optarg[0]) {
+                fprintf(stderr, "picogradd: --cc must name a compiler\n");
+                return 1;
+            }
+            cfg->cc = optarg;
+            break;
+        case OPT_CACHE_DIR:
+            if (!optarg[0]) {
+                fprintf(stderr, "picogradd: --cache-dir must name a directory\n");
+                return 1;
+            }
+            cfg->cache_dir = optarg;
+            break;
         case OPT_HELP:
             usage(stdout);
             return 2;
@@ -232,8 +269,21 @@ static void on_signal(uv_signal_t *s, int signum) {
     daemon_check_done(d);
 }
 
+/* Writes the default kernel cache directory: $XDG_CACHE_HOME/picogradd, else
+ * $HOME/.cache/picogradd, else /tmp/picogradd-cache-$UID. */
+static void default_cache_dir(char *buf, size_t cap) {
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (xdg && xdg[0] == '/')
+        snprintf(buf, cap, "%s/picogradd", xdg);
+    else if (home && home[0] == '/')
+        snprintf(buf, cap, "%s/.cache/picogradd", home);
+    else
+        snprintf(buf, cap, "/tmp/picogradd-cache-%u", (unsigned)getuid());
+}
+
 int main(int argc, char **argv) {
     static daemon_t daemon;
+    char cache_dir[4096];
     daemon_t *d = &daemon;
     uv_loop_t loop;
     char default_url[160];
@@ -257,6 +307,14 @@ int main(int argc, char **argv) {
     d->start_ns = uv_hrtime();
 
     ref_set_threads(d->cfg.threads);
+    if (d->cfg.jit) {
+        if (!d->cfg.cache_dir) {
+            default_cache_dir(cache_dir, sizeof(cache_dir));
+            d->cfg.cache_dir = cache_dir;
+        }
+        /* A compiler that does not work is logged and leaves the interpreter in charge. */
+        jit_init(d->cfg.cc, d->cfg.cache_dir);
+    }
     int rc = pool_start(&d->pool, d->loop, d->cfg.threads, conn_job_done);
     if (rc) {
         log_error("cannot start %d worker threads: %s", d->cfg.threads, strerror(-rc));
@@ -271,9 +329,11 @@ int main(int argc, char **argv) {
             goto out_stop;
     uv_signal_start(&d->sigint, on_signal, SIGINT);
     uv_signal_start(&d->sigterm, on_signal, SIGTERM);
-    log_info("picogradd %s ready: %d threads, max frame %llu bytes, max memory %llu bytes",
+    log_info("picogradd %s ready: %d threads, max frame %llu bytes, max memory %llu bytes, "
+             "jit %s",
              PG_SERVER_VERSION, d->cfg.threads, (unsigned long long)d->cfg.max_frame,
-             (unsigned long long)d->cfg.max_memory);
+             (unsigned long long)d->cfg.max_memory,
+             !d->cfg.jit ? "off" : jit_available() ? "on" : "unavailable (interpreting)");
     status = 0;
 
 out_stop:
@@ -286,6 +346,9 @@ out_stop:
     if (status == 0)
         log_info("stopped");
 out_loop:
+    plan_cache_shutdown();
+    if (d->cfg.jit)
+        jit_shutdown();
     if (uv_loop_close(&loop) != 0)
         log_warn("event loop closed with live handles");
     if (status == 0 && (mem_in_use() != 0 || pg_malloc_live() != 0))

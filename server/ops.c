@@ -6,8 +6,10 @@
  * failure it returns -PG_E* with err filled and packs nothing; conn.c packs the error reply.
  * Adding an op: a row in PG_REQ_OP_MAP (daemon.h), a handler here, a section in PROTOCOL.md.
  */
+#include "../kernels/cpu/jit.h"
 #include "daemon.h"
 #include "mem.h"
+#include "plan.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -83,7 +85,7 @@ int ops_hello(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
 
     key(pk, "devices");
     msgpack_pack_array(pk, 1);
-    msgpack_pack_map(pk, 4);
+    msgpack_pack_map(pk, 5);
     key(pk, "name");
     proto_pack_cstr(pk, "cpu");
     key(pk, "kind");
@@ -92,6 +94,11 @@ int ops_hello(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     msgpack_pack_uint32(pk, (uint32_t)d->cfg.threads);
     key(pk, "memory");
     msgpack_pack_uint64(pk, d->cfg.phys_memory);
+    key(pk, "jit"); /* fused kernels are compiled (else everything is interpreted) */
+    if (d->cfg.jit && jit_available())
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
 
     key(pk, "ops");
     msgpack_pack_array(pk, OPS_COUNT);
@@ -125,7 +132,7 @@ int ops_ping(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
 
 int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     (void)err;
-    proto_pack_reply_head(pk, 2 + 10, true, r->id, true);
+    proto_pack_reply_head(pk, 2 + 13, true, r->id, true);
     key(pk, "sessions");
     msgpack_pack_uint64(pk, d->nconns);
     key(pk, "tensors");
@@ -137,6 +144,28 @@ int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     key(pk, "max_memory");
     msgpack_pack_uint64(pk, mem_limit());
     stats_pack_counters(pk); /* requests, ops, errors */
+    /* The JIT's kernel cache and the plan cache (zero when the JIT is off). */
+    jit_stats_t js = {0};
+    if (d->cfg.jit && jit_available())
+        js = jit_stats();
+    uint64_t hits, misses;
+    plan_stats(&hits, &misses);
+    key(pk, "kernels");
+    msgpack_pack_map(pk, 3);
+    key(pk, "compiled");
+    msgpack_pack_uint64(pk, js.compiled);
+    key(pk, "memory_hits");
+    msgpack_pack_uint64(pk, js.memory_hits);
+    key(pk, "disk_hits");
+    msgpack_pack_uint64(pk, js.disk_hits);
+    key(pk, "plans");
+    msgpack_pack_map(pk, 2);
+    key(pk, "hits");
+    msgpack_pack_uint64(pk, hits);
+    key(pk, "misses");
+    msgpack_pack_uint64(pk, misses);
+    key(pk, "compile_seconds");
+    msgpack_pack_double(pk, js.compile_seconds);
     key(pk, "uptime_seconds");
     msgpack_pack_double(pk, (double)(uv_hrtime() - d->start_ns) / 1e9);
     key(pk, "session");

@@ -6,15 +6,26 @@
  * changes only at the very end, when every output exists. An error at any step frees what the run
  * made and leaves the session as it was.
  *
- * Evaluation walks the primitive nodes in order with the reference interpreter (kernels/ref),
- * skipping nodes no output needs and releasing each intermediate after its last use, so the
- * memory a run holds at once is its live set, not its whole graph.
+ * Evaluation follows a schedule of steps (passes/fuse.c), skipping nodes no output needs and
+ * releasing each intermediate after its last use, so the memory a run holds at once is its live
+ * set, not its whole graph. With the JIT (--jit on and a working compiler) the schedule is a
+ * cached plan (plan.c): runs of elementwise nodes, their views and a trailing reduction are one
+ * compiled kernel each, everything else runs in the reference interpreter (kernels/ref). Without
+ * it every needed node is one interpreter step. Both give the same results; the interpreter is
+ * the oracle the compiled path is tested against (tests/integration/test_compiler.py).
+ *
+ * `explain` (also here: it shares the request decoding) plans a graph without running it.
  */
+#include "../kernels/cpu/jit.h"
 #include "../kernels/ref/ref.h"
+#include "../kernels/ref/ref_impl.h"
 #include "daemon.h"
 #include "graph/graph.h"
+#include "log.h"
 #include "mem.h"
+#include "passes/fuse.h"
 #include "passes/lower.h"
+#include "plan.h"
 
 #include <string.h>
 
@@ -49,8 +60,27 @@ static void pack_output(msgpack_packer *pk, const tensor_t *t, bool keep, uint64
         msgpack_pack_uint64(pk, (uint64_t)t->shape[d]);
 }
 
-int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
-    (void)d;
+/* A decoded and lowered request: the graph and its outputs (run and explain share it). */
+typedef struct {
+    graph_t g;
+    uint32_t no;                /* outputs */
+    int32_t *out_id;            /* primitive node of each output (owned) */
+    bool *keep;                 /* keep it as a handle (owned) */
+    int32_t *map;               /* request node -> primitive node (owned) */
+} prep_t;
+
+static void prep_free(prep_t *p) {
+    pg_free(p->map);
+    pg_free(p->keep);
+    pg_free(p->out_id);
+    graph_free(&p->g);
+}
+
+/* Checks the fields of a run or explain request, then lowers its graph into p (free with
+ * prep_free, also on failure). Returns 0 or a negative PG_E* with err filled. */
+static int prepare(req_t *r, prep_t *p, proto_err_t *err) {
+    memset(p, 0, sizeof(*p));
+    graph_init(&p->g, mem_limit());
     const msgpack_object *nodes = proto_find(r->args, "nodes");
     const msgpack_object *outs = proto_find(r->args, "outputs");
     if (!nodes || nodes->type != MSGPACK_OBJECT_ARRAY)
@@ -63,88 +93,205 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
                           GRAPH_MAX_NODES);
     if (no > RUN_MAX_OUTPUTS)
         return proto_fail(err, PG_ETOO_LARGE, "%u outputs; the limit is %d", no, RUN_MAX_OUTPUTS);
-
-    int rc = 0;
-    graph_t g;
-    graph_init(&g, mem_limit());
-    int32_t *map = pg_calloc_array(nw ? nw : 1, sizeof(int32_t));
-    int32_t *out_id = pg_calloc_array(no, sizeof(int32_t));
-    bool *keep = pg_calloc_array(no, sizeof(bool));
-    tensor_t **res = pg_calloc_array(no, sizeof(tensor_t *));
-    uint64_t *handles = pg_calloc_array(no, sizeof(uint64_t));
-    int32_t *last = NULL;
-    ref_view_t *vals = NULL;
-    uint32_t added = 0;
-    if (!map || !out_id || !keep || !res || !handles) {
-        rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for a graph of %u nodes", nw);
-        goto out;
-    }
-    if ((rc = lower_graph(&g, r->sess, nodes, map, err)) != 0)
-        goto out;
-
+    p->no = no;
+    p->map = pg_calloc_array(nw ? nw : 1, sizeof(int32_t));
+    p->out_id = pg_calloc_array(no, sizeof(int32_t));
+    p->keep = pg_calloc_array(no, sizeof(bool));
+    if (!p->map || !p->out_id || !p->keep)
+        return proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for a graph of %u nodes", nw);
+    int rc = lower_graph(&p->g, r->sess, nodes, p->map, err);
+    if (rc != 0)
+        return rc;
     for (uint32_t k = 0; k < no; k++) {
         const msgpack_object *o = &outs->via.array.ptr[k];
         uint64_t node;
         if (o->type != MSGPACK_OBJECT_MAP || proto_get_uint(o, "node", &node, err) != 0 ||
-            node >= nw) {
-            rc = proto_fail(err, PG_EBAD_REQUEST,
-                            "output %u must be {\"node\": index below %u, \"keep\": bool}", k, nw);
-            goto out;
-        }
+            node >= nw)
+            return proto_fail(err, PG_EBAD_REQUEST,
+                              "output %u must be {\"node\": index below %u, \"keep\": bool}", k,
+                              nw);
         const msgpack_object *kp = proto_find(o, "keep");
-        if (kp && kp->type != MSGPACK_OBJECT_BOOLEAN && kp->type != MSGPACK_OBJECT_NIL) {
-            rc = proto_fail(err, PG_EBAD_REQUEST, "output %u: 'keep' must be a bool", k);
-            goto out;
-        }
-        out_id[k] = map[node];
-        keep[k] = kp && kp->type == MSGPACK_OBJECT_BOOLEAN && kp->via.boolean;
+        if (kp && kp->type != MSGPACK_OBJECT_BOOLEAN && kp->type != MSGPACK_OBJECT_NIL)
+            return proto_fail(err, PG_EBAD_REQUEST, "output %u: 'keep' must be a bool", k);
+        p->out_id[k] = p->map[node];
+        p->keep[k] = kp && kp->type == MSGPACK_OBJECT_BOOLEAN && kp->via.boolean;
     }
+    return 0;
+}
 
-    /* Liveness: last[i] is the last node reading i; outputs live to the end; -1 is dead. */
-    last = pg_calloc_array((size_t)g.n, sizeof(int32_t));
-    vals = pg_calloc_array((size_t)g.n, sizeof(ref_view_t));
-    if (!last || !vals) {
-        rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to run %d nodes", (int)g.n);
+/* =============================================================================================
+ * Kernel steps
+ * =========================================================================================== */
+
+typedef struct {
+    kir_fn_t fn;
+    void *const *bufs;
+} kctx_t;
+
+static void kernel_chunk(void *arg, uint64_t begin, uint64_t end) {
+    const kctx_t *c = arg;
+    c->fn(c->bufs, (int64_t)begin, (int64_t)end);
+}
+
+/* Runs kernel step st: hands its inputs over as contiguous buffers (materializing views, and
+ * keeping the contiguous copy in vals so that later readers need not copy again), allocates the
+ * result and runs the compiled loop across the interpreter's threads. */
+static int run_kernel(const graph_t *g, const fuse_step_t *st, kir_fn_t fn, ref_view_t *vals,
+                      proto_err_t *err) {
+    const kir_kernel_t *k = st->kernel;
+    const gnode_t *n = &g->nodes[st->node];
+    void *bufs[1 + KIR_MAX_INPUTS] = {0};
+    for (int q = 0; q < k->nin; q++) {
+        int32_t j = st->kin_node[q];
+        const gnode_t *jn = &g->nodes[j];
+        tensor_t *t = NULL;
+        int rc = ref_materialize(&vals[j], &t, err);
+        if (rc != 0)
+            return rc;
+        /* The plan's indices were checked against this node's element count: make sure the
+         * buffer really is that big, whatever the plan cache handed us. */
+        if (t->numel != jn->numel || t->dtype != k->in[q].dtype || jn->dtype != t->dtype) {
+            tensor_unref(t);
+            return proto_fail(err, PG_EINTERNAL, "kernel %d: input %d is not the buffer planned",
+                              (int)st->node, q);
+        }
+        ref_view_release(&vals[j]);
+        vals[j].t = t->numel ? t : NULL;
+        vals[j].off = 0;
+        vals[j].rank = t->rank;
+        vals[j].dtype = t->dtype;
+        memcpy(vals[j].shape, t->shape, sizeof(vals[j].shape));
+        int64_t s = 1;
+        for (int d = t->rank - 1; d >= 0; d--) {
+            vals[j].strides[d] = s;
+            s *= t->shape[d] > 0 ? t->shape[d] : 1;
+        }
+        if (!t->numel)
+            tensor_unref(t);
+        bufs[1 + q] = vals[j].t ? vals[j].t->data : NULL;
+    }
+    uint64_t numel = kir_out_numel(k);
+    if (numel != n->numel || k->out_dtype != n->dtype)
+        return proto_fail(err, PG_EINTERNAL, "kernel %d: the output is not the one planned",
+                          (int)st->node);
+    ref_view_t *out = &vals[st->node];
+    memset(out, 0, sizeof(*out));
+    out->dtype = n->dtype;
+    out->rank = n->rank;
+    memcpy(out->shape, n->shape, sizeof(out->shape));
+    int64_t s = 1;
+    for (int d = n->rank - 1; d >= 0; d--) {
+        out->strides[d] = s;
+        s *= n->shape[d] > 0 ? n->shape[d] : 1;
+    }
+    if (numel == 0)
+        return 0;
+    out->t = tensor_new(n->dtype, n->rank, n->shape, n->numel);
+    if (!out->t)
+        return proto_fail(err, PG_EOUT_OF_MEMORY,
+                          "node %d (%s): no memory for a %llu-byte result (%llu of %llu bytes in "
+                          "use)",
+                          (int)n->wire, n->wire_op ? n->wire_op : "?",
+                          (unsigned long long)(n->numel * proto_dtype_size(n->dtype)),
+                          (unsigned long long)mem_in_use(), (unsigned long long)mem_limit());
+    bufs[0] = out->t->data;
+    uint64_t iter = 1;
+    for (int d = 0; d < k->rank; d++)
+        iter *= (uint64_t)k->shape[d];
+    kctx_t c = {fn, bufs};
+    ref__parallel_for(numel, iter / numel ? iter / numel : 1, kernel_chunk, &c);
+    return 0;
+}
+
+/* =============================================================================================
+ * run
+ * =========================================================================================== */
+
+/* Logs the explain text of a plan that was just built (at --log-level debug). */
+static void log_plan(const plan_t *plan, const graph_t *g) {
+    if (!log_enabled(LOG_DEBUG))
+        return;
+    char *text = plan_explain_text(plan, g);
+    if (!text)
+        return;
+    /* One log line per text line, so that the log stays line-oriented. */
+    for (char *line = text, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+        nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+        log_debug("plan: %s", line);
+    }
+    pg_free(text);
+}
+
+int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
+    prep_t p;
+    int rc = prepare(r, &p, err);
+    graph_t *g = &p.g;
+    uint32_t no = p.no;
+    tensor_t **res = NULL;
+    uint64_t *handles = NULL;
+    ref_view_t *vals = NULL;
+    plan_t *plan = NULL;
+    fuse_plan_t local = {0}; /* the interpreter's schedule, when there is no plan */
+    uint32_t added = 0;
+    if (rc != 0)
+        goto out;
+    res = pg_calloc_array(no, sizeof(tensor_t *));
+    handles = pg_calloc_array(no, sizeof(uint64_t));
+    vals = pg_calloc_array(g->n ? (size_t)g->n : 1, sizeof(ref_view_t));
+    if (!res || !handles || !vals) {
+        rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to run %d nodes", (int)g->n);
         goto out;
     }
-    for (int32_t i = 0; i < g.n; i++)
-        last[i] = -1;
-    for (uint32_t k = 0; k < no; k++)
-        last[out_id[k]] = INT32_MAX;
-    for (int32_t i = g.n - 1; i >= 0; i--) {
-        if (last[i] < 0)
-            continue; /* nothing needs it: its inputs gain no use from it */
-        for (int32_t k = 0; k < g.nodes[i].nin; k++) {
-            int32_t j = g.nodes[i].in[k];
-            if (last[j] < i)
-                last[j] = i;
+
+    /* The schedule: a cached plan with compiled kernels, or one interpreter step per needed
+     * node (--jit off, no compiler, or a plan whose kernels did not compile). */
+    const fuse_plan_t *fp = NULL;
+    if (d->cfg.jit && jit_available()) {
+        bool built = false;
+        plan = plan_get(g, p.out_id, no, &built, err);
+        if (!plan) {
+            rc = -err->code;
+            goto out;
         }
+        if (built)
+            log_plan(plan, g);
+        if (plan->compiled)
+            fp = &plan->fp;
+    }
+    if (!fp) {
+        if ((rc = fuse_graph(g, p.out_id, no, false, &local, err)) != 0)
+            goto out;
+        fp = &local;
     }
 
-    for (int32_t i = 0; i < g.n; i++) {
-        if (last[i] < 0)
-            continue;
+    /* Each step reads earlier steps' values; a value is released after its last reader, so the
+     * memory a run holds at once is its live set, not its whole graph. */
+    for (int32_t s = 0; s < fp->nsteps; s++) {
+        const fuse_step_t *st = &fp->steps[s];
         if (atomic_load(&r->cancel)) {
             rc = proto_fail(err, PG_EINTERNAL, "run cancelled: the session is closing");
             goto out;
         }
-        if ((rc = ref_eval(&g, i, vals, err)) != 0) {
-            name_node(&g, i, err);
+        if (st->kind == FUSE_STEP_KERNEL)
+            rc = run_kernel(g, st, plan->kern[s].fn, vals, err);
+        else
+            rc = ref_eval(g, st->node, vals, err);
+        if (rc != 0) {
+            name_node(g, st->node, err);
             goto out;
         }
-        for (int32_t k = 0; k < g.nodes[i].nin; k++) {
-            int32_t j = g.nodes[i].in[k];
-            if (last[j] == i)
-                ref_view_release(&vals[j]);
-        }
+        for (int32_t q = 0; q < st->nrelease; q++)
+            ref_view_release(&vals[st->release[q]]);
     }
     for (uint32_t k = 0; k < no; k++)
-        if ((rc = ref_materialize(&vals[out_id[k]], &res[k], err)) != 0)
+        if ((rc = ref_materialize(&vals[p.out_id[k]], &res[k], err)) != 0)
             goto out;
 
     /* Commit: only now does the session change. */
     for (uint32_t k = 0; k < no; k++) {
-        if (!keep[k])
+        if (!p.keep[k])
             continue;
         if ((rc = sess_add(r->sess, tensor_ref(res[k]), &handles[k])) != 0) {
             rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for a new handle");
@@ -156,26 +303,60 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     proto_pack_cstr(pk, "outputs");
     msgpack_pack_array(pk, no);
     for (uint32_t k = 0; k < no; k++)
-        pack_output(pk, res[k], keep[k], handles[k]);
+        pack_output(pk, res[k], p.keep[k], handles[k]);
     added = 0; /* the handles are the client's now */
 
 out:
     for (uint32_t k = 0; k < added; k++)
-        if (keep[k])
+        if (p.keep[k])
             sess_remove(r->sess, handles[k]);
     if (vals)
-        for (int32_t i = 0; i < g.n; i++)
+        for (int32_t i = 0; i < g->n; i++)
             ref_view_release(&vals[i]);
     if (res)
         for (uint32_t k = 0; k < no; k++)
             tensor_unref(res[k]);
+    fuse_free(&local);
+    plan_release(plan);
     pg_free(vals);
-    pg_free(last);
     pg_free(handles);
     pg_free(res);
-    pg_free(keep);
-    pg_free(out_id);
-    pg_free(map);
-    graph_free(&g);
+    prep_free(&p);
+    return rc;
+}
+
+/* =============================================================================================
+ * explain
+ * =========================================================================================== */
+
+/* Runs on a worker: lowers and plans like `run` (rendering kernel sources, compiling nothing,
+ * touching neither the session nor the plan cache) and replies with the plan. */
+int ops_explain(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
+    (void)d;
+    prep_t p;
+    plan_t *plan = NULL;
+    char *text = NULL;
+    int rc = prepare(r, &p, err);
+    if (rc != 0)
+        goto out;
+    plan = plan_build(&p.g, p.out_id, p.no, false, err);
+    if (!plan) {
+        rc = -err->code;
+        goto out;
+    }
+    text = plan_explain_text(plan, &p.g);
+    if (!text) {
+        rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for the explain text");
+        goto out;
+    }
+    proto_pack_reply_head(pk, 2 + 4, true, r->id, true);
+    proto_pack_cstr(pk, "text");
+    proto_pack_cstr(pk, text);
+    plan_pack_explain(pk, plan, &p.g);
+
+out:
+    pg_free(text);
+    plan_release(plan);
+    prep_free(&p);
     return rc;
 }

@@ -35,6 +35,7 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -243,9 +244,44 @@ static void jit_key(const char *src, char *key) {
     snprintf(key, 33, "%016" PRIx64 "%016" PRIx64, h[0], h[1]);
 }
 
+/* True when the file at path is a whole 64-bit ELF object: every segment and the section table
+ * lie inside the file. dlopen maps segments straight from the file, so a truncated file (a
+ * daemon killed mid-write by another process, a full disk) would otherwise load and then fault
+ * with SIGBUS on the first touch of a missing page. */
+static bool jit_elf_complete(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    bool ok = false;
+    struct stat st;
+    Elf64_Ehdr eh;
+    if (fstat(fd, &st) != 0 || pread(fd, &eh, sizeof(eh), 0) != (ssize_t)sizeof(eh) ||
+        memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0 || eh.e_ident[EI_CLASS] != ELFCLASS64 ||
+        eh.e_phentsize != sizeof(Elf64_Phdr))
+        goto out;
+    uint64_t size = (uint64_t)st.st_size;
+    if (eh.e_phoff > size || (uint64_t)eh.e_phnum * sizeof(Elf64_Phdr) > size - eh.e_phoff ||
+        eh.e_shoff > size || (uint64_t)eh.e_shnum * eh.e_shentsize > size - eh.e_shoff)
+        goto out;
+    for (int i = 0; i < eh.e_phnum; i++) {
+        Elf64_Phdr ph;
+        if (pread(fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + (uint64_t)i * sizeof(ph))) !=
+            (ssize_t)sizeof(ph))
+            goto out;
+        if (ph.p_offset > size || ph.p_filesz > size - ph.p_offset)
+            goto out;
+    }
+    ok = true;
+out:
+    close(fd);
+    return ok;
+}
+
 /* dlopens path and checks its key. Returns the handle and sets *fn, or NULL (closing what it
- * opened) when the file is missing, unloadable, foreign or lacks the function. */
+ * opened) when the file is missing, truncated, unloadable, foreign or lacks the function. */
 static void *jit_load(const char *path, const char *name, const char *key, kir_fn_t *fn) {
+    if (!jit_elf_complete(path))
+        return NULL;
     void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!dl)
         return NULL;

@@ -49,7 +49,7 @@ from .dtypes import as_dtype
 from .shapes import DimError, ShapeError, Size
 from .wire import PicogradError
 
-__all__ = ["Tensor", "tensor", "from_numpy", "as_tensor", "realize", "flush", "where"]
+__all__ = ["Tensor", "tensor", "from_numpy", "as_tensor", "realize", "flush", "where", "explain"]
 
 MAX_RUN_NODES = 65536   # PROTOCOL.md: nodes of one `run`; bigger graphs are run in pieces
 RUN_CHUNK = 32768       # nodes evaluated per piece when a graph is bigger than that
@@ -1306,6 +1306,30 @@ def _with_site(exc, order):
     if site is None:
         return exc
     return PicogradError(exc.code, f"{exc.message}\n  (created at {_site_text(site)})")
+
+
+def explain(*tensors, file=None):
+    """Prints and returns how the daemon would run ``tensors``, without running anything: the
+    lowered primitive graph, the steps (which primitives are fused into one compiled kernel and
+    which run in the interpreter) and each kernel's C source.
+
+    The request is exactly the `run` that realizing them would send (same graph, same outputs),
+    so what it shows is what happens. Realized tensors show up as plain inputs."""
+    tensors = _unique(tensors)
+    if not tensors:
+        raise PicogradError("bad_request", "explain needs at least one tensor")
+    nodes, order, index = _build(tensors)
+    conn = _graph_conn(order)
+    outputs = [{"node": index[_key(t)], "keep": t._buf is None} for t in tensors]
+    try:
+        reply = _exchange(conn, "explain", nodes=nodes, outputs=outputs)
+    except PicogradError as exc:
+        raise _with_site(exc, order) from None
+    text = reply.get("text")
+    if not isinstance(text, str):
+        raise PicogradError("bad_reply", "an explain reply needs 'text'")
+    print(text, file=file if file is not None else sys.stdout)
+    return text
 
 
 def realize(*tensors):

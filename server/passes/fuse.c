@@ -1,0 +1,710 @@
+/*
+ * fuse.c - the fusion pass: which primitive nodes run together in one compiled loop.
+ *
+ * The interpreter runs one primitive at a time and writes every intermediate to memory. A fused
+ * kernel reads its inputs once and keeps the intermediates in registers. This pass partitions
+ * the nodes that the outputs need into *steps*, in execution order:
+ *
+ *   - a KERNEL step: a maximal group of elementwise nodes (unary incl. cast, binary, where), the
+ *     view nodes between them and their input buffers (permute, expand, slice, flip, and reshape
+ *     while the view is still contiguous), and optionally one trailing reduction (sum, prod, max,
+ *     min, any, all) that is the only consumer of the group's result. Every node of the group
+ *     except its result is used only inside the group; a node that is also used elsewhere (or
+ *     is a run output) ends the group there and becomes the result of a step of its own.
+ *   - an INTERP step: one node for the reference interpreter (leaves, matmul, cat, pad, gather,
+ *     index_select, argmax/argmin, cumsum, window, a reshape of a non-contiguous view, a view no
+ *     kernel absorbed, a reduction of anything but an elementwise result).
+ *
+ *   before (primitives, run output %7):
+ *     %0 = input [4, 3]   %1 = input [3]      %2 = expand(%1) [4, 3]   %3 = mul(%0, %2)
+ *     %4 = full 0 []      %5 = expand(%4)     %6 = maximum(%3, %5)     %7 = sum(%6, dims=[1])
+ *   after (3 steps):
+ *     step 0: interp %0     step 1: interp %1
+ *     step 2: kernel -> %7, iteration [4, 3] reduced {1}:
+ *             v0 = load in0 (%0, strides [3, 1]); v1 = load in1 (%1, strides [0, 1]);
+ *             v2 = mul v0 v1; v3 = const 0; v4 = maximum v2 v3; out = sum over axis 1 of v4
+ *
+ * Kernel inputs are the results of earlier steps, which the executor hands over as contiguous
+ * buffers of their node's shape. Every view from such a buffer to its use inside the group is
+ * composed here, at plan time, into one affine index (offset + strides over the kernel's
+ * iteration space), which is why the views cost nothing. Views are only fused on the way from a
+ * buffer to an elementwise node: a view *of* an elementwise result would change the iteration
+ * shape in the middle of the loop, so that result is materialized first (it becomes a step
+ * output, and the view starts from its buffer in the next kernel). As a consequence every
+ * elementwise node of a group has the same shape, the iteration shape (the builder has already
+ * expanded binary operands). `full` leaves fold into constants (fuse_full_inlined).
+ *
+ * Groups are grown from the output side: nodes are visited in reverse topological order, and an
+ * elementwise node (or a reduction of one) that no later group took becomes the root of a new
+ * group. The group then takes candidate inputs in decreasing index order (a max-heap), so that
+ * by the time a node is considered every node that could consume it inside the group already
+ * has been, and "all of its uses are inside the group" can be decided once. A group that would
+ * need more than KIR_MAX_INPUTS buffers is grown again with half as many elementwise nodes; a
+ * reshape whose view is not contiguous is excluded and the group grown again without it. A group
+ * with no elementwise node (a lone view, a reduction of a buffer) is not worth a kernel and goes
+ * back to the interpreter, where views are free.
+ */
+#include "fuse.h"
+
+#include "../mem.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* =============================================================================================
+ * Classification
+ * =========================================================================================== */
+
+bool fuse_is_elementwise(prim_t op) {
+    prim_kind_t k = graph_prim_kind(op);
+    return k == PK_UNARY || k == PK_BINARY || k == PK_WHERE;
+}
+
+/* Views a kernel composes into its loads (window is a view too, but its index is not one
+ * affine map per iteration axis of the node, so the interpreter keeps it). */
+static bool fusible_view(prim_t op) {
+    return op == PRIM_permute || op == PRIM_expand || op == PRIM_slice || op == PRIM_flip ||
+           op == PRIM_reshape;
+}
+
+static bool fusible_reduce(prim_t op) {
+    return op == PRIM_sum || op == PRIM_prod || op == PRIM_max || op == PRIM_min ||
+           op == PRIM_any || op == PRIM_all;
+}
+
+bool fuse_full_inlined(const gnode_t *n) {
+    if (n->op != PRIM_full)
+        return false;
+    if (!n->weak)
+        return true;
+    double v = n->a.value;
+    return v == trunc(v) && fabs(v) <= 16777216.0;
+}
+
+/* =============================================================================================
+ * Working state
+ * =========================================================================================== */
+
+enum { COMPOSE_OK = 0, COMPOSE_RETRY_BLOCKED, COMPOSE_RETRY_SMALLER, COMPOSE_GIVE_UP };
+
+typedef struct {
+    const graph_t *g;
+    bool *needed;        /* some output needs the node */
+    bool *is_out;        /* a run output */
+    bool *blocked;       /* a reshape that cannot be composed: never fused */
+    int32_t *nuse;       /* input slots of needed nodes that read the node */
+    int32_t *group;      /* root of the kernel that computes the node inside, -1: none */
+    /* Per growth attempt (valid when stamp[j] == epoch). */
+    uint32_t *stamp;
+    uint32_t epoch;
+    int32_t *gedges;     /* input slots of group members that read the node */
+    bool *by_view;       /* a view member reads it */
+    int32_t *heap;       /* max-heap of candidate nodes */
+    int32_t nheap;
+    int32_t *members;    /* the group being grown */
+    int32_t nmembers;
+    int32_t nelem;       /* elementwise members */
+    int32_t blocked_node; /* set by compose when it returns COMPOSE_RETRY_BLOCKED */
+} fctx_t;
+
+static void heap_push(fctx_t *c, int32_t v) {
+    int32_t i = c->nheap++;
+    c->heap[i] = v;
+    while (i > 0) {
+        int32_t p = (i - 1) / 2;
+        if (c->heap[p] >= c->heap[i])
+            break;
+        int32_t t = c->heap[p];
+        c->heap[p] = c->heap[i];
+        c->heap[i] = t;
+        i = p;
+    }
+}
+
+static int32_t heap_pop(fctx_t *c) {
+    int32_t top = c->heap[0];
+    c->heap[0] = c->heap[--c->nheap];
+    int32_t i = 0;
+    for (;;) {
+        int32_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < c->nheap && c->heap[l] > c->heap[m])
+            m = l;
+        if (r < c->nheap && c->heap[r] > c->heap[m])
+            m = r;
+        if (m == i)
+            break;
+        int32_t t = c->heap[m];
+        c->heap[m] = c->heap[i];
+        c->heap[i] = t;
+        i = m;
+    }
+    return top;
+}
+
+/* Makes m a member of the group rooted at root and offers its inputs as candidates. */
+static void add_member(fctx_t *c, int32_t root, int32_t m) {
+    const gnode_t *n = &c->g->nodes[m];
+    c->group[m] = root;
+    c->members[c->nmembers++] = m;
+    if (fuse_is_elementwise(n->op))
+        c->nelem++;
+    for (int32_t k = 0; k < n->nin; k++) {
+        int32_t j = n->in[k];
+        if (c->stamp[j] != c->epoch) {
+            c->stamp[j] = c->epoch;
+            c->gedges[j] = 0;
+            c->by_view[j] = false;
+            heap_push(c, j);
+        }
+        c->gedges[j]++;
+        if (graph_prim_kind(n->op) == PK_VIEW)
+            c->by_view[j] = true;
+    }
+}
+
+/* Grows the group of root, taking at most cap elementwise nodes. */
+static void grow(fctx_t *c, int32_t root, int32_t cap) {
+    c->epoch++;
+    c->nheap = 0;
+    c->nmembers = 0;
+    c->nelem = 0;
+    add_member(c, root, root);
+    while (c->nheap > 0) {
+        int32_t j = heap_pop(c);
+        const gnode_t *n = &c->g->nodes[j];
+        if (c->group[j] != -1 || c->is_out[j] || c->blocked[j] || c->gedges[j] != c->nuse[j])
+            continue; /* an input of the kernel (or a constant) */
+        bool take = fusible_view(n->op) ||
+                    (fuse_is_elementwise(n->op) && !c->by_view[j] && c->nelem < cap);
+        if (take)
+            add_member(c, root, j);
+    }
+}
+
+static void undo(fctx_t *c) {
+    for (int32_t k = 0; k < c->nmembers; k++)
+        c->group[c->members[k]] = -1;
+    c->nmembers = 0;
+}
+
+/* =============================================================================================
+ * Composing a group into a kernel
+ * =========================================================================================== */
+
+/* Where a view member's elements come from: a buffer (a step's result) through an affine index,
+ * or a constant. */
+typedef struct {
+    int32_t base;                      /* the buffer's node, or the full node of a constant */
+    bool is_const;
+    int rank;
+    int64_t shape[PROTO_MAX_RANK];
+    int64_t strides[PROTO_MAX_RANK];   /* elements of the buffer per step along each axis */
+    int64_t off;
+} vstate_t;
+
+static void vstate_of_node(const fctx_t *c, int32_t j, vstate_t *v) {
+    const gnode_t *n = &c->g->nodes[j];
+    v->base = j;
+    v->is_const = fuse_full_inlined(n);
+    v->rank = n->rank;
+    v->off = 0;
+    int64_t s = 1;
+    for (int d = n->rank - 1; d >= 0; d--) {
+        v->shape[d] = n->shape[d];
+        v->strides[d] = s;
+        s *= n->shape[d] > 0 ? n->shape[d] : 1;
+    }
+}
+
+static bool vstate_contiguous(const vstate_t *v) {
+    int64_t expect = 1;
+    for (int d = v->rank - 1; d >= 0; d--) {
+        if (v->shape[d] != 1 && v->strides[d] != expect)
+            return false;
+        expect *= v->shape[d];
+    }
+    return true;
+}
+
+/* Applies view node m (input state *x) into *v. Returns false when it cannot be composed (a
+ * reshape of a non-contiguous view) or the node breaks the builder's contract. */
+static bool apply_view(const gnode_t *m, const vstate_t *x, vstate_t *v) {
+    const gattr_t *a = &m->a;
+    *v = *x;
+    v->rank = m->rank;
+    for (int d = 0; d < m->rank; d++)
+        v->shape[d] = m->shape[d];
+    switch (m->op) {
+    case PRIM_permute:
+        if (a->ndims != x->rank || m->rank != x->rank)
+            return false;
+        for (int d = 0; d < m->rank; d++) {
+            int64_t xd = a->dims[d];
+            if (xd < 0 || xd >= x->rank || x->shape[xd] != m->shape[d])
+                return false;
+            v->strides[d] = x->strides[xd];
+        }
+        return true;
+    case PRIM_expand: {
+        int lead = m->rank - x->rank;
+        if (lead < 0)
+            return false;
+        for (int d = 0; d < m->rank; d++) {
+            int xd = d - lead;
+            if (xd < 0 || x->shape[xd] != m->shape[d]) {
+                if (xd >= 0 && x->shape[xd] != 1)
+                    return false;
+                v->strides[d] = 0;
+            } else {
+                v->strides[d] = x->strides[xd];
+            }
+        }
+        return true;
+    }
+    case PRIM_slice:
+        if (m->rank != x->rank)
+            return false;
+        for (int d = 0; d < m->rank; d++) {
+            if (m->shape[d] > 0 &&
+                (a->start[d] < 0 || a->step[d] < 1 ||
+                 a->start[d] + (m->shape[d] - 1) * a->step[d] >= x->shape[d]))
+                return false;
+            v->off += a->start[d] * x->strides[d];
+            v->strides[d] = x->strides[d] * a->step[d];
+        }
+        return true;
+    case PRIM_flip:
+        if (m->rank != x->rank)
+            return false;
+        for (int k = 0; k < a->ndims; k++) {
+            int64_t d = a->dims[k];
+            if (d < 0 || d >= x->rank)
+                return false;
+            if (x->shape[d] > 0) {
+                v->off += (x->shape[d] - 1) * v->strides[d];
+                v->strides[d] = -v->strides[d];
+            }
+        }
+        return true;
+    case PRIM_reshape: {
+        if (!x->is_const && !vstate_contiguous(x))
+            return false;
+        int64_t s = 1;
+        for (int d = m->rank - 1; d >= 0; d--) {
+            v->strides[d] = s;
+            s *= m->shape[d] > 0 ? m->shape[d] : 1;
+        }
+        return true;
+    }
+    default:
+        return false;
+    }
+}
+
+/* Appends a value; returns its index or -1 when the kernel is full. Fields are copied one by
+ * one into zeroed storage, so that the kernel's bytes (padding included) depend only on them. */
+static int add_val(kir_kernel_t *k, const kir_val_t *v) {
+    if (k->nvals >= KIR_MAX_VALS)
+        return -1;
+    kir_val_t *d = &k->vals[k->nvals];
+    memset(d, 0, sizeof(*d));
+    d->kind = v->kind;
+    d->prim = v->prim;
+    d->dtype = v->dtype;
+    d->a = v->a;
+    d->b = v->b;
+    d->c = v->c;
+    d->input = v->input;
+    d->value = v->value;
+    return k->nvals++;
+}
+
+/* Returns the value that reads operand state *v (a load or a constant), reusing an equal one. */
+static int operand_val(const fctx_t *c, kir_kernel_t *k, int32_t *kin_node, const vstate_t *v,
+                       pg_dtype_t dtype) {
+    kir_val_t nv = {.a = -1, .b = -1, .c = -1, .input = -1, .dtype = dtype};
+    if (v->is_const) {
+        nv.kind = KIR_CONST;
+        nv.value = c->g->nodes[v->base].a.value;
+        for (int i = 0; i < k->nvals; i++)
+            if (k->vals[i].kind == KIR_CONST && k->vals[i].dtype == dtype &&
+                memcmp(&k->vals[i].value, &nv.value, sizeof(double)) == 0)
+                return i;
+        return add_val(k, &nv);
+    }
+    int in = -1;
+    for (int i = 0; i < k->nin; i++)
+        if (kin_node[i] == v->base && k->in[i].off == v->off &&
+            memcmp(k->in[i].strides, v->strides, (size_t)k->rank * sizeof(int64_t)) == 0)
+            in = i;
+    if (in < 0) {
+        if (k->nin >= KIR_MAX_INPUTS)
+            return -2;
+        in = k->nin++;
+        kin_node[in] = v->base;
+        memset(&k->in[in], 0, sizeof(k->in[in]));
+        k->in[in].dtype = c->g->nodes[v->base].dtype;
+        k->in[in].off = v->off;
+        for (int d = 0; d < k->rank; d++)
+            k->in[in].strides[d] = v->strides[d];
+    }
+    for (int i = 0; i < k->nvals; i++)
+        if (k->vals[i].kind == KIR_LOAD && k->vals[i].input == in)
+            return i;
+    nv.kind = KIR_LOAD;
+    nv.input = in;
+    nv.dtype = k->in[in].dtype;
+    return add_val(k, &nv);
+}
+
+/* True when every element the affine index of input in reaches lies inside a buffer of numel
+ * elements (checked once here, so a kernel can never read outside its inputs). */
+static bool input_in_bounds(const kir_kernel_t *k, const kir_input_t *in, uint64_t numel) {
+    int64_t lo = in->off, hi = in->off;
+    for (int d = 0; d < k->rank; d++) {
+        if (k->shape[d] == 0)
+            return true; /* nothing is read */
+        int64_t span = (k->shape[d] - 1) * in->strides[d];
+        if (span < 0)
+            lo += span;
+        else
+            hi += span;
+    }
+    return lo >= 0 && (uint64_t)hi < numel;
+}
+
+/*
+ * Turns the current group (members of c, root `root`) into a kernel in *k with kin_node filled.
+ * vst and val are scratch arrays indexed by node. Returns COMPOSE_OK or why not.
+ */
+static int compose(fctx_t *c, int32_t root, kir_kernel_t *k, int32_t *kin_node, vstate_t *vst,
+                   int32_t *val) {
+    const graph_t *g = c->g;
+    const gnode_t *r = &g->nodes[root];
+    bool reduce = fusible_reduce(r->op);
+    int32_t result = reduce ? r->in[0] : root;
+    const gnode_t *res = &g->nodes[result];
+    if (!fuse_is_elementwise(res->op) || c->group[result] != root)
+        return COMPOSE_GIVE_UP;
+    memset(k, 0, sizeof(*k));
+    k->rank = res->rank;
+    for (int d = 0; d < res->rank; d++)
+        k->shape[d] = res->shape[d];
+    k->reduce = reduce ? r->op : PRIM_COUNT;
+    k->out_dtype = r->dtype;
+    if (reduce) {
+        for (int q = 0; q < r->a.ndims; q++) {
+            int64_t d = r->a.dims[q];
+            if (d < 0 || d >= k->rank)
+                return COMPOSE_GIVE_UP;
+            k->reduced[d] = true;
+        }
+    }
+
+    /* Members in ascending (topological) order. */
+    for (int32_t q = 0; q < c->nmembers; q++) {
+        int32_t m = c->members[q];
+        const gnode_t *n = &g->nodes[m];
+        if (m == root && reduce)
+            continue;
+        if (graph_prim_kind(n->op) == PK_VIEW) {
+            int32_t x = n->in[0];
+            vstate_t xs;
+            if (c->group[x] == root)
+                xs = vst[x];
+            else
+                vstate_of_node(c, x, &xs);
+            if (!apply_view(n, &xs, &vst[m])) {
+                if (n->op != PRIM_reshape)
+                    return COMPOSE_GIVE_UP;
+                c->blocked_node = m;
+                return COMPOSE_RETRY_BLOCKED;
+            }
+            continue;
+        }
+        /* Elementwise: its operands have its shape, the iteration shape. */
+        if (n->rank != k->rank || memcmp(n->shape, k->shape, (size_t)k->rank * 8) != 0)
+            return COMPOSE_GIVE_UP;
+        int ops[3] = {-1, -1, -1};
+        for (int32_t s = 0; s < n->nin && s < 3; s++) {
+            int32_t j = n->in[s];
+            const gnode_t *jn = &g->nodes[j];
+            if (c->group[j] == root && fuse_is_elementwise(jn->op)) {
+                ops[s] = val[j];
+                continue;
+            }
+            vstate_t js;
+            if (c->group[j] == root)
+                js = vst[j];
+            else
+                vstate_of_node(c, j, &js);
+            if (js.rank != k->rank || memcmp(js.shape, k->shape, (size_t)k->rank * 8) != 0)
+                return COMPOSE_GIVE_UP;
+            int v = operand_val(c, k, kin_node, &js, jn->dtype);
+            if (v == -2)
+                return COMPOSE_RETRY_SMALLER;
+            if (v < 0)
+                return COMPOSE_RETRY_SMALLER;
+            ops[s] = v;
+        }
+        kir_val_t ov = {.kind = KIR_OP, .prim = n->op, .dtype = n->dtype, .a = ops[0],
+                        .b = ops[1], .c = ops[2], .input = -1};
+        int v = add_val(k, &ov);
+        if (v < 0)
+            return COMPOSE_RETRY_SMALLER;
+        val[m] = v;
+    }
+    if (k->nvals == 0 || k->vals[k->nvals - 1].kind != KIR_OP ||
+        k->vals[k->nvals - 1].dtype != res->dtype || val[result] != k->nvals - 1)
+        return COMPOSE_GIVE_UP;
+    for (int i = 0; i < k->nin; i++)
+        if (!input_in_bounds(k, &k->in[i], g->nodes[kin_node[i]].numel))
+            return COMPOSE_GIVE_UP;
+    return COMPOSE_OK;
+}
+
+/* =============================================================================================
+ * The pass
+ * =========================================================================================== */
+
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+void fuse_free(fuse_plan_t *fp) {
+    for (int32_t s = 0; s < fp->nsteps; s++) {
+        fuse_step_t *st = &fp->steps[s];
+        pg_free(st->read);
+        pg_free(st->release);
+        pg_free(st->kernel);
+        pg_free(st->members);
+    }
+    pg_free(fp->steps);
+    memset(fp, 0, sizeof(*fp));
+}
+
+/* Copies n int32s into a new array (NULL for n == 0); false when memory runs out. */
+static bool dup_ids(int32_t **dst, const int32_t *src, int32_t n) {
+    *dst = NULL;
+    if (n == 0)
+        return true;
+    *dst = pg_calloc_array((size_t)n, sizeof(int32_t));
+    if (!*dst)
+        return false;
+    memcpy(*dst, src, (size_t)n * sizeof(int32_t));
+    return true;
+}
+
+int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, fuse_plan_t *fp,
+               proto_err_t *err) {
+    int rc = 0;
+    int32_t n = g->n;
+    size_t nn = n > 0 ? (size_t)n : 1;
+    memset(fp, 0, sizeof(*fp));
+    fctx_t c = {.g = g};
+    c.needed = pg_calloc_array(nn, sizeof(bool));
+    c.is_out = pg_calloc_array(nn, sizeof(bool));
+    c.blocked = pg_calloc_array(nn, sizeof(bool));
+    c.by_view = pg_calloc_array(nn, sizeof(bool));
+    c.nuse = pg_calloc_array(nn, sizeof(int32_t));
+    c.group = pg_calloc_array(nn, sizeof(int32_t));
+    c.stamp = pg_calloc_array(nn, sizeof(uint32_t));
+    c.gedges = pg_calloc_array(nn, sizeof(int32_t));
+    c.heap = pg_calloc_array(nn, sizeof(int32_t));
+    c.members = pg_calloc_array(nn, sizeof(int32_t));
+    int32_t *val = pg_calloc_array(nn, sizeof(int32_t));
+    int32_t *step_of = pg_calloc_array(nn, sizeof(int32_t));  /* node -> step producing it */
+    int32_t *last = pg_calloc_array(nn, sizeof(int32_t));     /* node -> last reading step */
+    bool *buf_read = pg_calloc_array(nn, sizeof(bool));       /* read as a buffer by a step */
+    int32_t *scratch = pg_calloc_array(nn + GRAPH_MAX_INPUTS, sizeof(int32_t));
+    vstate_t *vst = fuse ? pg_calloc_array(nn, sizeof(vstate_t)) : NULL;
+    kir_kernel_t *k = pg_malloc(sizeof(*k));
+    /* Kernels found, by root: kern[root] (owned until moved into a step). */
+    kir_kernel_t **kern = pg_calloc_array(nn, sizeof(kir_kernel_t *));
+    int32_t (*kin)[KIR_MAX_INPUTS] = pg_calloc_array(nn, sizeof(*kin));
+    if (!c.needed || !c.is_out || !c.blocked || !c.by_view || !c.nuse || !c.group || !c.stamp ||
+        !c.gedges || !c.heap || !c.members || !val || !step_of || !last || !buf_read ||
+        !scratch || (fuse && !vst) || !k || !kern || !kin) {
+        rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to plan %d nodes", (int)n);
+        goto out;
+    }
+
+    /* Needed nodes and their uses. */
+    for (uint32_t q = 0; q < no; q++)
+        c.needed[out_id[q]] = c.is_out[out_id[q]] = true;
+    for (int32_t i = n - 1; i >= 0; i--) {
+        c.group[i] = -1;
+        if (!c.needed[i])
+            continue;
+        for (int32_t s = 0; s < g->nodes[i].nin; s++) {
+            c.needed[g->nodes[i].in[s]] = true;
+            c.nuse[g->nodes[i].in[s]]++;
+        }
+    }
+
+    /* Groups, from the output side. */
+    for (int32_t r = n - 1; fuse && r >= 0; r--) {
+        const gnode_t *rn = &g->nodes[r];
+        if (!c.needed[r] || c.group[r] != -1)
+            continue;
+        if (!fuse_is_elementwise(rn->op) && !fusible_reduce(rn->op))
+            continue;
+        int32_t cap = FUSE_MAX_ELEMWISE;
+        for (;;) {
+            grow(&c, r, cap);
+            if (c.nelem == 0) {
+                undo(&c);
+                break;
+            }
+            qsort(c.members, (size_t)c.nmembers, sizeof(int32_t), cmp_i32);
+            int crc = compose(&c, r, k, kin[r], vst, val);
+            if (crc == COMPOSE_OK) {
+                kern[r] = k;
+                k = pg_malloc(sizeof(*k));
+                if (!k) {
+                    rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to plan %d nodes", (int)n);
+                    goto out;
+                }
+                break;
+            }
+            int32_t had = c.nelem;
+            undo(&c);
+            if (crc == COMPOSE_RETRY_BLOCKED) {
+                c.blocked[c.blocked_node] = true;
+            } else if (crc == COMPOSE_RETRY_SMALLER && had > 1) {
+                cap = had / 2;
+            } else {
+                break; /* the root runs in the interpreter */
+            }
+        }
+    }
+
+    /* Steps in index order: a kernel at its root, an interpreter step for every other needed
+     * node that no kernel computes inside. A constant that kernels absorbed needs no step unless
+     * something reads it as a buffer, which is only known once the other steps are: so first
+     * mark what every non-constant step reads. */
+    int32_t nsteps = 0;
+    for (int32_t i = 0; i < n; i++)
+        val[i] = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (c.group[i] >= 0)
+            val[c.group[i]]++;
+    for (int32_t i = 0; i < n; i++) {
+        step_of[i] = -1;
+        last[i] = -1;
+        if (!c.needed[i])
+            continue;
+        if (kern[i]) {
+            for (int q = 0; q < kern[i]->nin; q++)
+                buf_read[kin[i][q]] = true;
+        } else if (c.group[i] == -1) {
+            for (int32_t s = 0; s < g->nodes[i].nin; s++)
+                buf_read[g->nodes[i].in[s]] = true;
+        }
+    }
+    for (int32_t i = 0; i < n; i++) {
+        if (!c.needed[i] || (c.group[i] != -1 && !kern[i]))
+            continue;
+        if (!fuse || !fuse_full_inlined(&g->nodes[i]) || c.is_out[i] || buf_read[i])
+            step_of[i] = nsteps++;
+    }
+    fp->steps = pg_calloc_array(nsteps ? (size_t)nsteps : 1, sizeof(fuse_step_t));
+    if (!fp->steps) {
+        rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to plan %d steps", (int)nsteps);
+        goto out;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        if (step_of[i] < 0)
+            continue;
+        fuse_step_t *st = &fp->steps[fp->nsteps++];
+        st->node = i;
+        int32_t nr = 0;
+        if (kern[i]) {
+            st->kind = FUSE_STEP_KERNEL;
+            st->kernel = kern[i];
+            kern[i] = NULL;
+            memcpy(st->kin_node, kin[i], sizeof(st->kin_node));
+            for (int q = 0; q < st->kernel->nin; q++)
+                scratch[nr++] = kin[i][q];
+            st->members = pg_calloc_array((size_t)val[i], sizeof(int32_t));
+            if (!st->members) {
+                rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to plan %d nodes", (int)n);
+                goto out;
+            }
+            fp->nkernels++;
+        } else {
+            st->kind = FUSE_STEP_INTERP;
+            for (int32_t s = 0; s < g->nodes[i].nin; s++)
+                scratch[nr++] = g->nodes[i].in[s];
+        }
+        /* Distinct reads, ascending. */
+        qsort(scratch, (size_t)nr, sizeof(int32_t), cmp_i32);
+        int32_t u = 0;
+        for (int32_t q = 0; q < nr; q++)
+            if (u == 0 || scratch[u - 1] != scratch[q])
+                scratch[u++] = scratch[q];
+        if (!dup_ids(&st->read, scratch, u)) {
+            rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to plan %d nodes", (int)n);
+            goto out;
+        }
+        st->nread = u;
+        for (int32_t q = 0; q < u; q++) {
+            if (step_of[scratch[q]] < 0) { /* cannot happen: every read has a step */
+                rc = proto_fail(err, PG_EINTERNAL, "fusion: node %d reads %d, which no step "
+                                "computes", (int)i, (int)scratch[q]);
+                goto out;
+            }
+            last[scratch[q]] = fp->nsteps - 1;
+        }
+    }
+    /* Members of each kernel, ascending (val[root] counted them). */
+    for (int32_t j = 0; j < n; j++) {
+        if (c.group[j] < 0)
+            continue;
+        fuse_step_t *st = &fp->steps[step_of[c.group[j]]];
+        st->members[st->nmembers++] = j;
+    }
+    /* Release lists: a value goes after its last reader, unless it is an output. */
+    for (int32_t s = 0; s < fp->nsteps; s++) {
+        fuse_step_t *st = &fp->steps[s];
+        int32_t nr = 0;
+        for (int32_t q = 0; q < st->nread; q++)
+            if (last[st->read[q]] == s && !c.is_out[st->read[q]])
+                scratch[nr++] = st->read[q];
+        if (!dup_ids(&st->release, scratch, nr)) {
+            rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to plan %d nodes", (int)n);
+            goto out;
+        }
+        st->nrelease = nr;
+    }
+
+out:
+    if (rc)
+        fuse_free(fp);
+    if (kern)
+        for (int32_t i = 0; i < n; i++)
+            pg_free(kern[i]);
+    pg_free(kin);
+    pg_free(kern);
+    pg_free(k);
+    pg_free(vst);
+    pg_free(scratch);
+    pg_free(buf_read);
+    pg_free(last);
+    pg_free(step_of);
+    pg_free(val);
+    pg_free(c.members);
+    pg_free(c.heap);
+    pg_free(c.gedges);
+    pg_free(c.stamp);
+    pg_free(c.group);
+    pg_free(c.nuse);
+    pg_free(c.by_view);
+    pg_free(c.blocked);
+    pg_free(c.is_out);
+    pg_free(c.needed);
+    return rc;
+}

@@ -1,0 +1,75 @@
+/*
+ * plan.h - execution plans for lowered graphs, and the cache that keeps them between runs.
+ *
+ * A plan is what the fusion pass (passes/fuse.c) decided for one graph structure: the step list,
+ * and for every kernel step its rendered C source, name and compiled function (kernels/cpu/jit.h).
+ * Building one costs a render and possibly a compiler run, so plans are cached by a hash of the
+ * graph's structure (ops, dtypes, shapes, attributes, edges, outputs; never tensor data or
+ * handles): the second run of a training step finds its plan and compiles nothing.
+ */
+#ifndef PG_PLAN_H
+#define PG_PLAN_H
+
+#include "../kernels/codegen/kir.h"
+#include "graph/graph.h"
+#include "passes/fuse.h"
+
+#include <stdatomic.h>
+
+/* Plans kept in memory; the least recently used one goes first. */
+#define PLAN_CACHE_MAX 256
+
+typedef struct {
+    char name[32];                     /* "pg_k_" + 16 hex digits */
+    char *src;                         /* the C source (owned) */
+    kir_fn_t fn;                       /* compiled; NULL when the plan was not compiled */
+} plan_kernel_t;
+
+typedef struct plan {
+    atomic_int refs;                   /* the cache's and each user's */
+    uint64_t key[2];                   /* two independent structure hashes */
+    fuse_plan_t fp;                    /* the steps */
+    plan_kernel_t *kern;               /* per step (kernel steps only use theirs; owned) */
+    bool compiled;                     /* every kernel has fn (else run it all interpreted) */
+    bool failed;                       /* a kernel did not render or compile */
+    struct plan *prev, *next;          /* LRU list (the cache's lock) */
+} plan_t;
+
+/* Computes the structure key of g with outputs out_id[0..no). */
+void plan_key(const graph_t *g, const int32_t *out_id, uint32_t no, uint64_t key[2]);
+
+/*
+ * Builds a plan: fuses g, renders every kernel, and with compile true compiles them (jit_get).
+ * A kernel that does not compile is logged and leaves the plan uncompiled (compiled false: the
+ * executor then interprets every node). Returns a new plan (release with plan_release) or NULL
+ * with err filled.
+ */
+plan_t *plan_build(const graph_t *g, const int32_t *out_id, uint32_t no, bool compile,
+                   proto_err_t *err);
+
+/*
+ * Returns the cached plan for g's structure with a new reference, building, compiling and caching
+ * it on a miss (*built true then). Thread-safe. NULL with err filled on failure.
+ */
+plan_t *plan_get(const graph_t *g, const int32_t *out_id, uint32_t no, bool *built,
+                 proto_err_t *err);
+
+/* Drops a reference; the last one frees the plan. NULL is ignored. */
+void plan_release(plan_t *p);
+
+/*
+ * Writes the readable listing of a plan for g (lowered graph, steps, kernel sources). Returns a
+ * new NUL-terminated string (free with pg_free) or NULL when memory runs out.
+ */
+char *plan_explain_text(const plan_t *p, const graph_t *g);
+
+/* Packs the "graph", "groups" and "kernels" keys of an explain reply (3 map entries). */
+int plan_pack_explain(msgpack_packer *pk, const plan_t *p, const graph_t *g);
+
+/* Plan cache counters since start. */
+void plan_stats(uint64_t *hits, uint64_t *misses);
+
+/* Empties the cache (at shutdown, before jit_shutdown). */
+void plan_cache_shutdown(void);
+
+#endif /* PG_PLAN_H */
