@@ -192,9 +192,41 @@ static int32_t scalar(lctx_t *c, double value, pg_dtype_t dtype, bool weak) {
     return id;
 }
 
+/* Folds cast(full(v)) into full(v') at build time, for the scalars that promotion casts all the
+ * time (Python numbers arrive as float64, int64 or bool): one constant instead of a constant and
+ * a cast kernel. v' is what the cast primitive would compute (ops.def: float -> int truncates
+ * toward zero, NaN and infinities give 0, out-of-range clamps; -> bool is v != 0). */
+static bool fold_cast(const gnode_t *x, pg_dtype_t dt, double *out) {
+    if (x->op != PRIM_full || x->rank != 0 ||
+        (x->dtype != PG_FLOAT64 && x->dtype != PG_INT64 && x->dtype != PG_BOOL))
+        return false;
+    double v = x->a.value;
+    switch (dt) {
+    case PG_FLOAT32: *out = (double)(float)v; return true;
+    case PG_FLOAT64: *out = v; return true;
+    case PG_BOOL: *out = v != 0; return true;
+    case PG_INT32:
+    case PG_INT64: {
+        double lo = dt == PG_INT32 ? -2147483648.0 : -9223372036854775808.0;
+        double hi = dt == PG_INT32 ? 2147483647.0 : 9223372036854775807.0;
+        if (!isfinite(v))
+            *out = 0;
+        else
+            *out = v < lo ? lo : v > hi ? hi : trunc(v);
+        return true;
+    }
+    default: return false;
+    }
+}
+
 static int32_t cast(lctx_t *c, int32_t x, pg_dtype_t dt) {
     if (N(x)->dtype == dt)
         return x;
+    double v;
+    if (fold_cast(N(x), dt, &v)) {
+        gattr_t f = {.value = v};
+        return graph_add(c->g, PRIM_full, NULL, 0, &f, dt, 0, NULL, NULL, c->err);
+    }
     gattr_t a = {.dtype = dt};
     return prim(c, PRIM_cast, &x, 1, &a);
 }
