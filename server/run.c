@@ -24,6 +24,7 @@
 #include "log.h"
 #include "mem.h"
 #include "passes/fuse.h"
+#include "passes/cse.h"
 #include "passes/lower.h"
 #include "plan.h"
 
@@ -116,6 +117,8 @@ static int prepare(req_t *r, prep_t *p, proto_err_t *err) {
         p->out_id[k] = p->map[node];
         p->keep[k] = kp && kp->type == MSGPACK_OBJECT_BOOLEAN && kp->via.boolean;
     }
+    if (cse_graph(&p->g, p->out_id, no) != 0)
+        return proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to deduplicate the graph");
     return 0;
 }
 
