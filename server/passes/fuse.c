@@ -13,7 +13,12 @@
  *     is a run output) ends the group there and becomes the result of a step of its own.
  *   - an INTERP step: one node for the reference interpreter (leaves, matmul, cat, pad, gather,
  *     index_select, argmax/argmin, cumsum, window, a reshape of a non-contiguous view, a view no
- *     kernel absorbed, a reduction of anything but an elementwise result).
+ *     kernel absorbed).
+ *   - a KERNEL step for a reduction of anything else (a step's result, possibly through views):
+ *     its iteration space is the reduction input's shape and its one value is a load of that
+ *     input through the composed views, folded exactly as the interpreter folds it (the
+ *     interpreter would read the same elements one by one through its generic iterator, ~10x
+ *     slower). A reduction of a full constant stays in the interpreter.
  *
  *   before (primitives, run output %7):
  *     %0 = input [4, 3]   %1 = input [3]      %2 = expand(%1) [4, 3]   %3 = mul(%0, %2)
@@ -28,21 +33,22 @@
  * buffers of their node's shape. Every view from such a buffer to its use inside the group is
  * composed here, at plan time, into one affine index (offset + strides over the kernel's
  * iteration space), which is why the views cost nothing. Views are only fused on the way from a
- * buffer to an elementwise node: a view *of* an elementwise result would change the iteration
- * shape in the middle of the loop, so that result is materialized first (it becomes a step
- * output, and the view starts from its buffer in the next kernel). As a consequence every
- * elementwise node of a group has the same shape, the iteration shape (the builder has already
- * expanded binary operands). `full` leaves fold into constants (fuse_full_inlined).
+ * buffer to an elementwise node or a reduction: a view *of* an elementwise result would change
+ * the iteration shape in the middle of the loop, so that result is materialized first (it
+ * becomes a step output, and the view starts from its buffer in the next kernel). As a
+ * consequence every elementwise node of a group has the same shape, the iteration shape (the
+ * builder has already expanded binary operands). `full` leaves fold into constants
+ * (fuse_full_inlined).
  *
  * Groups are grown from the output side: nodes are visited in reverse topological order, and an
- * elementwise node (or a reduction of one) that no later group took becomes the root of a new
+ * elementwise node (or a fusible reduction) that no later group took becomes the root of a new
  * group. The group then takes candidate inputs in decreasing index order (a max-heap), so that
  * by the time a node is considered every node that could consume it inside the group already
  * has been, and "all of its uses are inside the group" can be decided once. A group that would
  * need more than KIR_MAX_INPUTS buffers is grown again with half as many elementwise nodes; a
- * reshape whose view is not contiguous is excluded and the group grown again without it. A group
- * with no elementwise node (a lone view, a reduction of a buffer) is not worth a kernel and goes
- * back to the interpreter, where views are free.
+ * reshape whose view is not contiguous is excluded and the group grown again without it. A
+ * group rooted at a reduction may hold no elementwise node at all (the reduction and the views
+ * between it and its input buffer); it is still a kernel, a load and a fold.
  */
 #include "fuse.h"
 
@@ -386,7 +392,9 @@ static int compose(fctx_t *c, int32_t root, kir_kernel_t *k, int32_t *kin_node, 
     bool reduce = fusible_reduce(r->op);
     int32_t result = reduce ? r->in[0] : root;
     const gnode_t *res = &g->nodes[result];
-    if (!fuse_is_elementwise(res->op) || c->group[result] != root)
+    /* A reduction of anything but the group's elementwise result folds a load of its input. */
+    bool loaded = reduce && (!fuse_is_elementwise(res->op) || c->group[result] != root);
+    if (!loaded && (!fuse_is_elementwise(res->op) || c->group[result] != root))
         return COMPOSE_GIVE_UP;
     memset(k, 0, sizeof(*k));
     k->rank = res->rank;
@@ -456,7 +464,21 @@ static int compose(fctx_t *c, int32_t root, kir_kernel_t *k, int32_t *kin_node, 
             return COMPOSE_RETRY_SMALLER;
         val[m] = v;
     }
-    if (k->nvals == 0 || k->vals[k->nvals - 1].kind != KIR_OP ||
+    if (loaded) {
+        vstate_t rs;
+        if (c->group[result] == root)
+            rs = vst[result];
+        else
+            vstate_of_node(c, result, &rs);
+        if (rs.is_const || rs.rank != k->rank ||
+            memcmp(rs.shape, k->shape, (size_t)k->rank * 8) != 0)
+            return COMPOSE_GIVE_UP;
+        int v = operand_val(c, k, kin_node, &rs, res->dtype);
+        if (v < 0)
+            return COMPOSE_GIVE_UP;
+        val[result] = v;
+    }
+    if (k->nvals == 0 || k->vals[k->nvals - 1].kind != (loaded ? KIR_LOAD : KIR_OP) ||
         k->vals[k->nvals - 1].dtype != res->dtype || val[result] != k->nvals - 1)
         return COMPOSE_GIVE_UP;
     for (int i = 0; i < k->nin; i++)
@@ -555,10 +577,6 @@ int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, 
         int32_t cap = FUSE_MAX_ELEMWISE;
         for (;;) {
             grow(&c, r, cap);
-            if (c.nelem == 0) {
-                undo(&c);
-                break;
-            }
             qsort(c.members, (size_t)c.nmembers, sizeof(int32_t), cmp_i32);
             int crc = compose(&c, r, k, kin[r], vst, val);
             if (crc == COMPOSE_OK) {
