@@ -11,6 +11,7 @@
 #include "../kernels/cpu/jit.h"
 #include "../kernels/ref/ref.h"
 #include "daemon.h"
+#include "passes/fuse.h"
 #include "log.h"
 #include "mem.h"
 #include "plan.h"
@@ -47,6 +48,9 @@ static void usage(FILE *f) {
             "                          prints the plan of every graph compiled)\n"
             "  --jit on|off            fuse elementwise ops into compiled C kernels (default on;\n"
             "                          off, or no working compiler: interpret every op)\n"
+            "  --jit-min-work N        compile only loops of at least N elements; smaller ones\n"
+            "                          are interpreted, where a compile would cost more than\n"
+            "                          it saves (default 4096; 0 compiles everything)\n"
             "  --cc PATH               C compiler for kernels (default cc)\n"
             "  --cache-dir DIR         compiled kernels kept between runs (default\n"
             "                          $XDG_CACHE_HOME/picogradd, else $HOME/.cache/picogradd,\n"
@@ -94,7 +98,7 @@ static bool parse_range(const char *flag, const char *s, uint64_t lo, uint64_t h
 enum {
     OPT_LISTEN = 256, OPT_THREADS, OPT_MAX_FRAME, OPT_MAX_MEMORY, OPT_MAX_INFLIGHT,
     OPT_MAX_UNSENT, OPT_MAX_SESSIONS, OPT_SHUTDOWN_TIMEOUT, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION,
-    OPT_JIT, OPT_CC, OPT_CACHE_DIR,
+    OPT_JIT, OPT_CC, OPT_CACHE_DIR, OPT_JIT_MIN_WORK,
 };
 
 /* Fills cfg from argv. Returns 0 to run, 1 for a usage error, 2 after --help or --version. */
@@ -112,6 +116,7 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
         {"jit", required_argument, NULL, OPT_JIT},
         {"cc", required_argument, NULL, OPT_CC},
         {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
+        {"jit-min-work", required_argument, NULL, OPT_JIT_MIN_WORK},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -188,6 +193,11 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
             log_set_level((log_level_t)lvl);
             break;
         }
+        case OPT_JIT_MIN_WORK:
+            if (!parse_range("--jit-min-work", optarg, 0, UINT64_MAX, &v))
+                return 1;
+            fuse_set_min_work(v);
+            break;
         case OPT_JIT:
             if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
                 fprintf(stderr, "picogradd: --jit must be on or off\n");

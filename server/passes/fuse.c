@@ -520,6 +520,10 @@ static bool dup_ids(int32_t **dst, const int32_t *src, int32_t n) {
     return true;
 }
 
+static uint64_t fuse_min_work = FUSE_MIN_WORK_DEFAULT;
+
+void fuse_set_min_work(uint64_t elements) { fuse_min_work = elements; }
+
 int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, fuse_plan_t *fp,
                proto_err_t *err) {
     int rc = 0;
@@ -573,6 +577,10 @@ int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, 
         if (!c.needed[r] || c.group[r] != -1)
             continue;
         if (!fuse_is_elementwise(rn->op) && !fusible_reduce(rn->op))
+            continue;
+        /* The loop's size: its iteration space, a reduction's input. */
+        uint64_t work = fusible_reduce(rn->op) ? g->nodes[rn->in[0]].numel : rn->numel;
+        if (work < fuse_min_work)
             continue;
         int32_t cap = FUSE_MAX_ELEMWISE;
         for (;;) {

@@ -38,6 +38,13 @@ typedef struct {
  * reads at most three operands, so 4 * this is at most KIR_MAX_VALS. */
 #define FUSE_MAX_ELEMWISE (KIR_MAX_VALS / 4)
 
+/* Loops smaller than this many iteration elements are not compiled (--jit-min-work): a compile
+ * costs tens of milliseconds, while the interpreter runs such a loop in microseconds, so only
+ * loops that do enough work (or run often enough, which a plan cache cannot know) pay back. */
+#define FUSE_MIN_WORK_DEFAULT 4096
+/* Sets that threshold for the whole daemon (at start-up). */
+void fuse_set_min_work(uint64_t elements);
+
 /*
  * Partitions the nodes of g that outputs out_id[0..no) need into steps (see fuse.c). With fuse
  * false every needed node becomes an interpreter step (the plain interpreter's schedule). Fills

@@ -35,7 +35,8 @@ SEEDS = int(os.environ.get("PG_COMPILER_SEEDS", "200"))
 
 
 def jit_daemon(factory, tmp_path, name="jit", extra=()):
-    return factory(extra_args=["--jit", "on", "--cache-dir", str(tmp_path / "kcache"),
+    return factory(extra_args=["--jit", "on", "--jit-min-work", "0",
+                               "--cache-dir", str(tmp_path / "kcache"),
                                *extra], name=name)
 
 
