@@ -44,9 +44,7 @@ import argparse
 import ctypes
 import os
 import platform
-import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -58,6 +56,8 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "clients", "python"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from transfer import Server  # noqa: E402  (the same child-process helper as the transfer bench)
 
 MiB = 1 << 20
 THREADS = 2  # OpenMP threads of the C library, torch.set_num_threads
@@ -136,51 +136,6 @@ C_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 # ------------------------------------------------------------------------------------------------
 # The daemon
 # ------------------------------------------------------------------------------------------------
-
-
-class Server:
-    """A child process whose stderr goes to a log file; stopped with SIGTERM in stop()."""
-
-    def __init__(self, name, argv, logdir):
-        self.name = name
-        self.argv = argv
-        self.log_path = os.path.join(logdir, name + ".log")
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=self.log)
-
-    def wait_url(self, timeout=15.0):
-        """Returns the first URL the server printed as ``listening on <url>``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with open(self.log_path, "r", errors="replace") as f:
-                urls = re.findall(r"listening on (\S+)", f.read())
-            if urls:
-                return urls[0]
-            if self.proc.poll() is not None:
-                raise RuntimeError("%s exited with status %d before listening; log %s:\n%s"
-                                   % (self.name, self.proc.returncode, self.log_path,
-                                      self.tail()))
-            if time.monotonic() > deadline:
-                raise RuntimeError("%s printed no 'listening on' line in %.0f s; log:\n%s"
-                                   % (self.name, timeout, self.tail()))
-            time.sleep(0.02)
-
-    def tail(self, n=20):
-        with open(self.log_path, "r", errors="replace") as f:
-            return "".join(f.readlines()[-n:])
-
-    def stop(self, timeout=15.0):
-        """Sends SIGTERM to this child (by PID) and waits; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
 
 
 def daemon_has_flag(daemon, flag):
@@ -564,7 +519,7 @@ def main():
             argv += ["--cache-dir", os.path.join(tmp, "cache")]
             cache_note = "--cache-dir on an empty folder"
         daemon = Server("picogradd", argv + args.daemon_arg, tmp)
-        url = daemon.wait_url()
+        url = daemon.wait_urls(1)[0]
         conn = pg.connect(url)
 
         print(machine)
