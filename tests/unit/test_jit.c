@@ -12,6 +12,7 @@
 #include "../../kernels/ref/ref_impl.h"
 #include "../../server/mem.h"
 #include "task.h"
+#include "tgraph.h"
 
 #include <glob.h>
 #include <math.h>
@@ -97,51 +98,7 @@ static kir_fn_t compile(const kir_kernel_t *k, char *name) {
     return fn;
 }
 
-/* Hand-built interpreter graphs, as in test_ref.c. */
-#define TG_CAP 16
-
-static void tg_init(graph_t *g) {
-    memset(g, 0, sizeof(*g));
-    g->nodes = pg_calloc_array(TG_CAP, sizeof(gnode_t));
-    ASSERT(g->nodes != NULL);
-    g->cap = TG_CAP;
-    g->max_bytes = UINT64_MAX;
-}
-
-static int32_t tg_add(graph_t *g, prim_t op, const int32_t *in, int nin, const gattr_t *a,
-                      pg_dtype_t dtype, int rank, const int64_t *shape) {
-    ASSERT(g->n < g->cap);
-    int32_t id = g->n++;
-    gnode_t *n = &g->nodes[id];
-    memset(n, 0, sizeof(*n));
-    n->op = op;
-    n->nin = nin;
-    if (nin > 0) {
-        n->in = pg_calloc_array((size_t)nin, sizeof(int32_t));
-        ASSERT(n->in != NULL);
-        memcpy(n->in, in, (size_t)nin * sizeof(int32_t));
-    }
-    if (a)
-        n->a = *a;
-    n->dtype = dtype;
-    n->rank = rank;
-    n->numel = 1;
-    for (int d = 0; d < rank; d++) {
-        n->shape[d] = shape[d];
-        n->numel *= (uint64_t)shape[d];
-    }
-    return id;
-}
-
-static int32_t tg_const(graph_t *g, pg_dtype_t dtype, int rank, const int64_t *shape,
-                        const void *data) {
-    int32_t id = tg_add(g, PRIM_const, NULL, 0, NULL, dtype, rank, shape);
-    gnode_t *n = &g->nodes[id];
-    n->tensor = tensor_new(dtype, rank, shape, n->numel);
-    ASSERT(n->tensor != NULL);
-    memcpy(n->tensor->data, data, n->tensor->nbytes);
-    return id;
-}
+/* Hand-built interpreter graphs: tgraph.h. */
 
 /* Runs every node of g and leaves the results in vals. */
 static void tg_run(const graph_t *g, ref_view_t *vals) {
@@ -150,13 +107,11 @@ static void tg_run(const graph_t *g, ref_view_t *vals) {
         ASSERT_EQ(ref_eval(g, k, vals, &err), 0);
 }
 
-static void tg_free(graph_t *g, ref_view_t *vals) {
-    for (int32_t k = 0; k < g->n; k++) {
+/* Releases the results in vals, then the graph. */
+static void tg_free_all(graph_t *g, ref_view_t *vals) {
+    for (int32_t k = 0; k < g->n; k++)
         ref_view_release(&vals[k]);
-        pg_free(g->nodes[k].in);
-        tensor_unref(g->nodes[k].tensor);
-    }
-    pg_free(g->nodes);
+    tg_free(g);
 }
 
 /* Asserts that n bytes agree, printing the first element that differs. */
@@ -210,7 +165,7 @@ TEST_IMPL(chain_vs_interpreter) {
     tg_run(&g, vals);
     ASSERT_BYTES_EQ(out, vals[r].t->data, sizeof(out), 4);
     ASSERT(isnan(out[3]));
-    tg_free(&g, vals);
+    tg_free_all(&g, vals);
     free(k);
     jit_teardown();
     return 0;
@@ -363,7 +318,7 @@ TEST_IMPL(max_nan_vs_interpreter) {
     tg_run(&g, vals);
     ASSERT_BYTES_EQ(out, vals[mx].t->data, sizeof(out), 4);
     ASSERT(isnan(out[1]) && isnan(out[3]));
-    tg_free(&g, vals);
+    tg_free_all(&g, vals);
     free(k);
     jit_teardown();
     return 0;

@@ -11,6 +11,7 @@
 #include "../../kernels/ref/ref_impl.h"
 #include "../../server/mem.h"
 #include "task.h"
+#include "tgraph.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -19,64 +20,6 @@
 /* =============================================================================================
  * Hand-built graphs
  * =========================================================================================== */
-
-#define TG_CAP 64
-
-static void tg_init(graph_t *g) {
-    memset(g, 0, sizeof(*g));
-    g->nodes = pg_calloc_array(TG_CAP, sizeof(gnode_t));
-    ASSERT(g->nodes != NULL);
-    g->cap = TG_CAP;
-    g->max_bytes = UINT64_MAX;
-}
-
-static void tg_free(graph_t *g) {
-    for (int32_t k = 0; k < g->n; k++) {
-        pg_free(g->nodes[k].in);
-        tensor_unref(g->nodes[k].tensor);
-    }
-    pg_free(g->nodes);
-    memset(g, 0, sizeof(*g));
-}
-
-/* Appends a node the way the builder would leave it; a may be NULL (all zero). */
-static int32_t tg_add(graph_t *g, prim_t op, const int32_t *in, int nin, const gattr_t *a,
-                      pg_dtype_t dtype, int rank, const int64_t *shape) {
-    ASSERT(g->n < g->cap);
-    int32_t id = g->n++;
-    gnode_t *n = &g->nodes[id];
-    memset(n, 0, sizeof(*n));
-    n->op = op;
-    n->nin = nin;
-    if (nin > 0) {
-        n->in = pg_calloc_array((size_t)nin, sizeof(int32_t));
-        ASSERT(n->in != NULL);
-        memcpy(n->in, in, (size_t)nin * sizeof(int32_t));
-    }
-    if (a)
-        n->a = *a;
-    n->dtype = dtype;
-    n->rank = rank;
-    n->numel = 1;
-    for (int d = 0; d < rank; d++) {
-        n->shape[d] = shape[d];
-        n->numel *= (uint64_t)shape[d];
-    }
-    n->wire = id;
-    return id;
-}
-
-/* Appends a const node holding a copy of data. */
-static int32_t tg_const(graph_t *g, pg_dtype_t dtype, int rank, const int64_t *shape,
-                        const void *data) {
-    int32_t id = tg_add(g, PRIM_const, NULL, 0, NULL, dtype, rank, shape);
-    gnode_t *n = &g->nodes[id];
-    n->tensor = tensor_new(dtype, rank, shape, n->numel);
-    ASSERT(n->tensor != NULL);
-    if (n->numel)
-        memcpy(n->tensor->data, data, n->tensor->nbytes);
-    return id;
-}
 
 /* Appends a unary/binary/... node whose output has in[0]'s shape. */
 static int32_t tg_like(graph_t *g, prim_t op, const int32_t *in, int nin, pg_dtype_t dtype) {
