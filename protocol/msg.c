@@ -63,6 +63,19 @@ int proto_dtype_from_name(const char *s, size_t len) {
     return -1;
 }
 
+bool proto_quote(char *buf, size_t cap, const char *s, size_t n) {
+    bool ok = n < cap;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = s[i] >= 0x20 && s[i] < 0x7f;
+    if (ok) {
+        memcpy(buf, s, n);
+        buf[n] = '\0';
+    } else {
+        snprintf(buf, cap, "?");
+    }
+    return ok;
+}
+
 int proto_fail(proto_err_t *err, int code, const char *fmt, ...) {
     if (code < 0)
         code = -code;
@@ -178,14 +191,11 @@ int proto_get_dtype(const msgpack_object *map, const char *key, pg_dtype_t *out,
         return rc;
     int dt = proto_dtype_from_name(s, len);
     if (dt < 0) {
-        /* Quote the name only when it is short printable text: messages never echo raw bytes. */
-        bool printable = len <= 32;
-        for (size_t i = 0; printable && i < len; i++)
-            printable = s[i] >= 0x20 && s[i] < 0x7f;
-        if (printable)
+        char name[33];
+        if (proto_quote(name, sizeof(name), s, len))
             return proto_fail(err, PG_EBAD_DTYPE,
-                              "field '%s': unknown dtype '%.*s' (float32 float64 int32 int64 bool)",
-                              key, (int)len, s);
+                              "field '%s': unknown dtype '%s' (float32 float64 int32 int64 bool)",
+                              key, name);
         return proto_fail(err, PG_EBAD_DTYPE, "field '%s': unknown dtype", key);
     }
     *out = (pg_dtype_t)dt;

@@ -52,6 +52,11 @@ typedef struct {
     char message[PROTO_MSG_MAX]; /* NUL-terminated, never holds raw wire bytes */
 } proto_err_t;
 
+/* Copies wire text s (n bytes) into buf as a C string when it is short (under cap bytes)
+ * printable ASCII and returns true; otherwise stores "?" and returns false. Error messages quote
+ * client text only through this, so they never echo raw bytes. */
+bool proto_quote(char *buf, size_t cap, const char *s, size_t n);
+
 /* Fills err with code and a printf-formatted message; returns -code so callers can
  * `return proto_fail(err, PG_EBAD_REQUEST, "...")`. */
 int proto_fail(proto_err_t *err, int code, const char *fmt, ...)

@@ -146,13 +146,11 @@ static void req_decode(req_t *r) {
         return;
     r->op = ops_lookup(op, oplen);
     if (r->op < 0) {
-        bool printable = oplen <= 64;
-        for (size_t i = 0; printable && i < oplen; i++)
-            printable = op[i] >= 0x20 && op[i] < 0x7f;
-        r->status = printable ? proto_fail(&r->err, PG_EUNKNOWN_OP,
-                                           "unknown op '%.*s' (hello lists the ops served)",
-                                           (int)oplen, op)
-                              : proto_fail(&r->err, PG_EUNKNOWN_OP, "unknown op");
+        char name[65];
+        r->status = proto_quote(name, sizeof(name), op, oplen)
+                        ? proto_fail(&r->err, PG_EUNKNOWN_OP,
+                                     "unknown op '%s' (hello lists the ops served)", name)
+                        : proto_fail(&r->err, PG_EUNKNOWN_OP, "unknown op");
     }
 }
 

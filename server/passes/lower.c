@@ -1510,19 +1510,6 @@ static bool allowed(const char *list, const char *key, size_t len) {
     return false;
 }
 
-/* Copies a wire string into a NUL-terminated buffer when it is short printable text. */
-static void printable(char *buf, size_t cap, const char *s, size_t n) {
-    bool ok = n < cap;
-    for (size_t i = 0; ok && i < n; i++)
-        ok = s[i] >= 0x20 && s[i] < 0x7f;
-    if (ok) {
-        memcpy(buf, s, n);
-        buf[n] = '\0';
-    } else {
-        snprintf(buf, cap, "?");
-    }
-}
-
 int lower_graph(graph_t *g, const sess_t *sess, const msgpack_object *nodes, int32_t *map,
                 proto_err_t *err) {
     int32_t in_buf[8];
@@ -1544,7 +1531,7 @@ int lower_graph(graph_t *g, const sess_t *sess, const msgpack_object *nodes, int
             rc = proto_fail(err, PG_EBAD_REQUEST, "node %u: missing or non-string 'op'", i);
             goto out;
         }
-        printable(opname, sizeof(opname), op->via.str.ptr, op->via.str.size);
+        proto_quote(opname, sizeof(opname), op->via.str.ptr, op->via.str.size);
         int r = -1;
         for (size_t k = 0; k < sizeof(rules) / sizeof(rules[0]); k++)
             if (strlen(rules[k].name) == op->via.str.size &&
@@ -1566,7 +1553,7 @@ int lower_graph(graph_t *g, const sess_t *sess, const msgpack_object *nodes, int
                 goto out;
             }
             if (!allowed(rules[r].attrs, key->via.str.ptr, key->via.str.size)) {
-                printable(kn, sizeof(kn), key->via.str.ptr, key->via.str.size);
+                proto_quote(kn, sizeof(kn), key->via.str.ptr, key->via.str.size);
                 rc = proto_fail(err, PG_EBAD_REQUEST, "node %u (%s): unknown attribute '%s'", i,
                                 rules[r].name, kn);
                 goto out;
