@@ -7,12 +7,16 @@
  *
  * Floats compute in double, then round to the output dtype once. For float32 that is exactly
  * IEEE float arithmetic for + - * / and sqrt (double has more than twice float's precision, so
- * rounding twice cannot differ), and a correctly rounded result for nearly every input of the
- * transcendental functions: a better oracle than expf. Integers compute in int64 with wrapping
+ * rounding twice cannot differ). float32 exp, log, tanh, sigmoid, silu and gelu are the
+ * exceptions: they use kernels/pg_math.h (within a few ulp), the functions every generated
+ * kernel uses, because a libm call per element would make compiled kernels slow and an oracle
+ * that computes differently could not check them bit for bit. Integers compute in int64 with wrapping
  * (unsigned) arithmetic, like torch; an int32 result keeps the low 32 bits, which is the same as
  * computing in int32 with wrapping. Bool computes on the integer path as 0 and 1.
  */
 #include "ref_impl.h"
+
+#include "../pg_math.h"
 
 /* =============================================================================================
  * Scalar functions
@@ -54,6 +58,31 @@ static double unary_f(prim_t op, double x) {
     case PRIM_sign: return isnan(x) ? x : (double)((x > 0) - (x < 0));
     case PRIM_logical_not: return x == 0;
     default: return x; /* cast: the store converts */
+    }
+}
+
+/* float32 exp, log, tanh and the activations built on exp: kernels/pg_math.h's vectorizable
+ * versions, which generated kernels call too (render_c.c rc_fast_f32), so both agree bit for
+ * bit. Other float32 ops compute in double: exact for + - * / sqrt, and cheap enough elsewhere. */
+static bool unary_fast_f32(prim_t op) {
+    switch (op) {
+    case PRIM_exp: case PRIM_log: case PRIM_tanh: case PRIM_sigmoid: case PRIM_silu:
+    case PRIM_gelu: case PRIM_gelu_tanh:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static float unary_f32(prim_t op, float x) {
+    switch (op) {
+    case PRIM_exp: return pg_expf(x);
+    case PRIM_log: return pg_logf(x);
+    case PRIM_tanh: return pg_tanhf(x);
+    case PRIM_sigmoid: return pg_sigmoidf(x);
+    case PRIM_silu: return pg_siluf(x);
+    case PRIM_gelu: return pg_geluf(x);
+    default: return pg_gelu_tanhf(x);
     }
 }
 
@@ -152,7 +181,11 @@ static void unary_chunk(void *arg, uint64_t begin, uint64_t end) {
     pg_dtype_t odt = c->out->dtype;
     ref__iter_t it;
     ew_iter(c, &it, begin);
-    if (ref__is_float(x->dtype)) {
+    if (x->dtype == PG_FLOAT32 && unary_fast_f32(c->op)) {
+        for (uint64_t j = begin; j < end; j++, ref__iter_next(&it))
+            ref__st_f(od, odt, (int64_t)j,
+                      unary_f32(c->op, (float)ref__ld_f(xd, x->dtype, it.off[0])));
+    } else if (ref__is_float(x->dtype)) {
         for (uint64_t j = begin; j < end; j++, ref__iter_next(&it))
             ref__st_f(od, odt, (int64_t)j, unary_f(c->op, ref__ld_f(xd, x->dtype, it.off[0])));
     } else {
