@@ -202,7 +202,8 @@ static int run_kernel(const graph_t *g, const fuse_step_t *st, kir_fn_t fn, ref_
     for (int d = 0; d < k->rank; d++)
         iter *= (uint64_t)k->shape[d];
     kctx_t c = {fn, bufs};
-    ref__parallel_for(numel, iter / numel ? iter / numel : 1, kernel_chunk, &c);
+    uint64_t units = kir_units(k); /* rows of a staged kernel, else output elements */
+    ref__parallel_for(units, units && iter / units ? iter / units : 1, kernel_chunk, &c);
     return 0;
 }
 

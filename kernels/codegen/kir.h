@@ -13,6 +13,12 @@
  *                         v0 = load in0[i0*M + i1]; v1 = load in1[i1]; v2 = mul v0 v1;
  *                         v3 = relu v2; out[i0] = sum over i1 of v3
  *
+ * A staged kernel (see `stages` below) runs several such folds over each row before it writes:
+ *
+ *   softmax over rows:  stage 0: v0 = load x; fold max             -> a0 per row
+ *                       stage 1: v1 = load x; v2 = acc a0; v3 = sub v1 v2; v4 = exp v3; fold sum
+ *                       stage 2: ... v9 = div v8 (acc a1); out[row, j] = v9
+ *
  * The C renderer (render_c.c) turns it into C; a CUDA renderer can sit beside it, reading the
  * same structure. A kernel's source, and therefore its name and cache key, depends only on this
  * structure: never on a counter or on the order of earlier requests.
@@ -29,6 +35,7 @@ typedef enum {
     KIR_LOAD,   /* read input `input` at the current index */
     KIR_CONST,  /* the number `value` in `dtype` */
     KIR_OP,     /* primitive `prim` (PK_UNARY incl. cast, PK_BINARY, PK_WHERE) on values a, b, c */
+    KIR_ACC,    /* the result of reduction stage `input` for the current row (see stages) */
 } kir_kind_t;
 
 typedef struct {
@@ -36,7 +43,7 @@ typedef struct {
     prim_t prim;        /* KIR_OP: the primitive (its semantics are ops.def's) */
     pg_dtype_t dtype;   /* the value's dtype */
     int a, b, c;        /* KIR_OP operands: indices of earlier values (unused ones -1) */
-    int input;          /* KIR_LOAD: index into kir_kernel_t.in */
+    int input;          /* KIR_LOAD: index into kir_kernel_t.in; KIR_ACC: a stage index */
     double value;       /* KIR_CONST */
 } kir_val_t;
 
@@ -46,6 +53,16 @@ typedef struct {
     int64_t strides[PROTO_MAX_RANK];   /* elements per step of each iteration axis (0: broadcast,
                                         * negative: flipped) */
 } kir_input_t;
+
+/* One stage of a staged kernel: values vals[previous stage's end, end); the last one is the
+ * stage's value, folded over the row by `reduce` and rounded to `dtype`. */
+typedef struct {
+    prim_t reduce;                     /* a reduction; the last stage: the kernel's `reduce` */
+    int end;                           /* one past the stage's last value */
+    pg_dtype_t dtype;                  /* the folded value's dtype (the reduction node's) */
+} kir_stage_t;
+
+#define KIR_MAX_STAGES 8
 
 typedef struct {
     int rank;                          /* iteration space rank, 0 to PROTO_MAX_RANK */
@@ -57,6 +74,15 @@ typedef struct {
     prim_t reduce;                     /* PRIM_sum, prod, max, min, any, all; PRIM_COUNT: none */
     bool reduced[PROTO_MAX_RANK];      /* with a reduction: the iteration axes folded away */
     pg_dtype_t out_dtype;              /* the output's dtype (the result's) */
+    /* Staged kernels (nstages > 1): the axes [row, rank) form a row, and the loop runs over rows.
+     * For each row, every stage but the last folds its values over the row (max, then a sum of
+     * exp(x - max), ...); KIR_ACC values of later stages read those per-row results, which is
+     * how a reduction broadcast back into its consumer (softmax, layer_norm) stays in one kernel.
+     * The last stage writes the row (elementwise) or folds it into one output (reduce, with
+     * reduced[] marking exactly the row axes). Plain kernels have nstages == 1. */
+    int nstages;
+    int row;
+    kir_stage_t stage[KIR_MAX_STAGES];
 } kir_kernel_t;
 
 /*
@@ -67,6 +93,16 @@ typedef void (*kir_fn_t)(void *const *bufs, int64_t start, int64_t end);
 
 /* Output elements of a kernel (product of the non-reduced iteration dims). */
 uint64_t kir_out_numel(const kir_kernel_t *k);
+
+/* Units that kir_fn_t's [start, end) counts: rows of a staged kernel, else output elements. */
+uint64_t kir_units(const kir_kernel_t *k);
+
+/* Float sums, products, max and min fold in KIR_LANES interleaved lanes: element j of the
+ * innermost reduced axis goes to lane j % KIR_LANES (each lane in C order), and the lanes combine
+ * pairwise, (0 1)(2 3)(4 5)(6 7) then ((01)(23))((45)(67)), then the two halves. A loop in that
+ * shape vectorizes without reassociating anything, and the interpreter folds the same way
+ * (kernels/ref/reduce.c), so both give the same bits. */
+#define KIR_LANES 8
 
 /*
  * Renders k as a self-contained C11 translation unit defining

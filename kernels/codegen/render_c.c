@@ -282,6 +282,9 @@ static void rc_value_expr(char *out, size_t cap, const kir_kernel_t *k, int j,
         rc_double_lit(x, sizeof(x), v->value);
         rc_convert(out, cap, true, v->dtype, x);
         return;
+    case KIR_ACC:
+        snprintf(out, cap, "a%d", v->input);
+        return;
     case KIR_OP:
         break;
     }
@@ -324,6 +327,17 @@ uint64_t kir_out_numel(const kir_kernel_t *k) {
     for (int d = 0; d < k->rank; d++)
         if (!rc_has_reduce(k) || !k->reduced[d])
             n *= (uint64_t)k->shape[d];
+    return n;
+}
+
+static bool rc_staged(const kir_kernel_t *k) { return k->nstages > 1; }
+
+uint64_t kir_units(const kir_kernel_t *k) {
+    if (!rc_staged(k))
+        return kir_out_numel(k);
+    uint64_t n = 1;
+    for (int d = 0; d < k->row && d < k->rank; d++)
+        n *= (uint64_t)k->shape[d];
     return n;
 }
 
@@ -375,11 +389,25 @@ static void rc_unflatten(rc_buf_t *b, const kir_kernel_t *k, const char *lin, co
     }
 }
 
-/* Emits the SSA body, one const local per value, each line at indent. */
-static void rc_body(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_MAX],
-                    const char *indent) {
-    char e[4 * RC_EXPR_MAX];
+/* Which values change along the loop they sit in: loads do; constants, per-row stage results
+ * (KIR_ACC) and whatever is computed only from them do not, and are computed before the loop. */
+static void rc_varies(const kir_kernel_t *k, bool *varies) {
     for (int j = 0; j < k->nvals; j++) {
+        const kir_val_t *v = &k->vals[j];
+        varies[j] = v->kind == KIR_LOAD;
+        if (v->kind == KIR_OP)
+            varies[j] = varies[v->a] || (v->b >= 0 && varies[v->b]) || (v->c >= 0 && varies[v->c]);
+    }
+}
+
+/* Emits values [vb, ve) whose varies[] equals `which` (NULL: all of them), one const local each,
+ * each line at indent. */
+static void rc_body(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_MAX],
+                    const char *indent, int vb, int ve, const bool *varies, bool which) {
+    char e[4 * RC_EXPR_MAX];
+    for (int j = vb; j < ve; j++) {
+        if (varies && varies[j] != which)
+            continue;
         rc_value_expr(e, sizeof(e), k, j, idx);
         rc_printf(b, "%sconst %s v%d = %s;\n", indent, rc_ctype(k->vals[j].dtype), j, e);
     }
@@ -403,7 +431,7 @@ static void rc_loop_elementwise(rc_buf_t *b, const kir_kernel_t *k) {
     }
     rc_printf(b, "    for (int64_t i = start; i < end; i++) {\n");
     rc_unflatten(b, k, "i", all, need, "        ");
-    rc_body(b, k, idx, "        ");
+    rc_body(b, k, idx, "        ", 0, k->nvals, NULL, true);
     char st[RC_EXPR_MAX + 64], v[32];
     snprintf(v, sizeof(v), "v%d", k->nvals - 1);
     pg_dtype_t rdt = k->vals[k->nvals - 1].dtype;
@@ -414,9 +442,159 @@ static void rc_loop_elementwise(rc_buf_t *b, const kir_kernel_t *k) {
     rc_printf(b, "        out[i] = %s;\n    }\n", st);
 }
 
+/* Folds float x into float accumulator acc as op does (NaN sticks for max and min). */
+static void rc_fold_f(char *out, size_t cap, prim_t op, const char *acc, const char *x) {
+    if (op == PRIM_sum)
+        snprintf(out, cap, "%s + %s", acc, x);
+    else if (op == PRIM_prod)
+        snprintf(out, cap, "%s * %s", acc, x);
+    else
+        snprintf(out, cap, "(%s %s %s || %s != %s) ? %s : %s", x, op == PRIM_max ? ">" : "<", acc,
+                 x, x, x, acc);
+}
+
+/* Opens a loop per axis in `axes` but `skip`, outermost first; returns how many. */
+static int rc_open_loops(rc_buf_t *b, const kir_kernel_t *k, const bool *axes, int skip,
+                         char *indent) {
+    int n = 0;
+    for (int d = 0; d < k->rank; d++) {
+        if (!axes[d] || d == skip)
+            continue;
+        rc_printf(b, "%sfor (int64_t i%d = 0; i%d < %" PRId64 "; i%d++) {\n", indent, d, d,
+                  k->shape[d], d);
+        strcat(indent, "    ");
+        n++;
+    }
+    return n;
+}
+
+static void rc_close_loops(rc_buf_t *b, int n, char *indent) {
+    while (n-- > 0) {
+        indent[strlen(indent) - 4] = '\0';
+        rc_printf(b, "%s}\n", indent);
+    }
+}
+
+/*
+ * Emits the fold of values [vb, ve) over the axes `red` (loops over them, the other axes' indices
+ * already defined) and then "const T a<s> = <the folded value rounded to dt>;". Float folds run
+ * in KIR_LANES lanes along the innermost reduced axis (kir.h); integer and logical folds are
+ * exact in any order, so they are plain loops, which the compiler vectorizes by itself.
+ */
+static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_MAX],
+                         const bool *red, int vb, int ve, prim_t op, pg_dtype_t dt, int s,
+                         const bool *varies, const char *ind0) {
+    pg_dtype_t rdt = k->vals[ve - 1].dtype;
+    bool logical = op == PRIM_any || op == PRIM_all;
+    bool fdom = !logical && rc_is_float(rdt);
+    bool extreme = op == PRIM_max || op == PRIM_min;
+    char indent[64], e[RC_EXPR_MAX], x[32];
+    snprintf(indent, sizeof(indent), "%s", ind0);
+    snprintf(x, sizeof(x), "v%d", ve - 1);
+    rc_body(b, k, idx, indent, vb, ve, varies, false);
+    int dl = -1; /* the innermost reduced axis */
+    for (int d = 0; d < k->rank; d++)
+        if (red[d])
+            dl = d;
+    if (fdom) {
+        const char *init = op == PRIM_sum ? "0.0" : op == PRIM_prod ? "1.0"
+                           : op == PRIM_max ? "-INFINITY" : "INFINITY";
+        rc_printf(b, "%sdouble acc%d[%d] = {", indent, s, KIR_LANES);
+        for (int l = 0; l < KIR_LANES; l++)
+            rc_printf(b, "%s%s", l ? ", " : "", init);
+        rc_printf(b, "};\n");
+        int nl = rc_open_loops(b, k, red, dl, indent);
+        char acc[32];
+        snprintf(acc, sizeof(acc), "acc%d[l]", s);
+        rc_fold_f(e, sizeof(e), op, acc, "x");
+        if (dl < 0) { /* nothing to fold over but the one element: lane 0 */
+            rc_printf(b, "%s{\n%s    const int l = 0;\n", indent, indent);
+            strcat(indent, "    ");
+            rc_body(b, k, idx, indent, vb, ve, varies, true);
+            rc_printf(b, "%sconst double x = %s;\n%s%s = %s;\n", indent, x, indent, acc, e);
+            indent[strlen(indent) - 4] = '\0';
+            rc_printf(b, "%s}\n", indent);
+        } else {
+            /* Full groups of lanes, then the tail (lane l is still index % KIR_LANES). */
+            int64_t n = k->shape[dl], full = n / KIR_LANES * KIR_LANES;
+            for (int part = 0; part < 2; part++) {
+                if (part == 0 && full == 0)
+                    continue;
+                if (part == 1 && full == n)
+                    continue;
+                if (part == 0)
+                    rc_printf(b, "%sfor (int64_t g = 0; g < %" PRId64 "; g += %d) {\n"
+                                 "%s    for (int l = 0; l < %d; l++) {\n"
+                                 "%s        const int64_t i%d = g + l;\n",
+                              indent, full, KIR_LANES, indent, KIR_LANES, indent, dl);
+                else
+                    rc_printf(b, "%s{\n%s    for (int l = 0; l < %d; l++) {\n"
+                                 "%s        const int64_t i%d = %" PRId64 " + l;\n",
+                              indent, indent, (int)(n - full), indent, dl, full);
+                strcat(indent, "        ");
+                rc_body(b, k, idx, indent, vb, ve, varies, true);
+                rc_printf(b, "%sconst double x = %s;\n%s%s = %s;\n", indent, x, indent, acc, e);
+                indent[strlen(indent) - 8] = '\0';
+                rc_printf(b, "%s    }\n%s}\n", indent, indent);
+            }
+        }
+        rc_close_loops(b, nl, indent);
+        /* The pairwise combination of the lanes (kir.h). */
+        char t[KIR_LANES][32], u[32];
+        for (int l = 0; l < KIR_LANES; l++)
+            snprintf(t[l], sizeof(t[l]), "acc%d[%d]", s, l);
+        for (int w = 1, level = 0; w < KIR_LANES; w *= 2, level++) {
+            for (int l = 0; l + w < KIR_LANES; l += 2 * w) {
+                snprintf(u, sizeof(u), "c%d_%d_%d", s, level, l);
+                rc_fold_f(e, sizeof(e), op, t[l], t[l + w]);
+                rc_printf(b, "%sconst double %s = %s;\n", indent, u, e);
+                snprintf(t[l], sizeof(t[l]), "%s", u);
+            }
+        }
+        char st[RC_EXPR_MAX];
+        rc_convert(st, sizeof(st), true, dt, t[0]);
+        rc_printf(b, "%sconst %s a%d = %s;\n", indent, rc_ctype(dt), s, st);
+        return;
+    }
+    if (logical)
+        rc_printf(b, "%suint8_t acc%d = %d;\n", indent, s, op == PRIM_all);
+    else if (extreme)
+        rc_printf(b, "%sint64_t acc%d = %s;\n", indent, s, op == PRIM_max ? "INT64_MIN" : "INT64_MAX");
+    else
+        rc_printf(b, "%suint64_t acc%d = %d;\n", indent, s, op == PRIM_prod);
+    int nl = rc_open_loops(b, k, red, -1, indent);
+    rc_body(b, k, idx, indent, vb, ve, varies, true);
+    if (logical)
+        rc_printf(b, "%sacc%d %s= (uint8_t)(%s != 0);\n", indent, s, op == PRIM_all ? "&" : "|", x);
+    else if (extreme)
+        rc_printf(b, "%sacc%d = (int64_t)%s %s acc%d ? (int64_t)%s : acc%d;\n", indent, s, x,
+                  op == PRIM_max ? ">" : "<", s, x, s);
+    else
+        rc_printf(b, "%sacc%d %s= (uint64_t)(int64_t)%s;\n", indent, s, op == PRIM_sum ? "+" : "*",
+                  x);
+    rc_close_loops(b, nl, indent);
+    char st[RC_EXPR_MAX], a[32];
+    snprintf(a, sizeof(a), "(int64_t)acc%d", s);
+    rc_convert(st, sizeof(st), false, dt, a);
+    rc_printf(b, "%sconst %s a%d = %s;\n", indent, rc_ctype(dt), s, st);
+}
+
+/* Emits, per input, "const int64_t bN = <its offset at the current kept index>;" and sets
+ * idx[n] to bN plus its steps along the `red` axes. */
+static void rc_bases(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_MAX],
+                     const bool *kept, const bool *red) {
+    for (int n = 0; n < k->nin; n++) {
+        char base[RC_EXPR_MAX], name[16];
+        rc_affine(base, sizeof(base), &k->in[n], NULL, kept, k->rank, k->shape);
+        rc_printf(b, "        const int64_t b%d = %s;\n", n, base);
+        snprintf(name, sizeof(name), "b%d", n);
+        rc_affine(idx[n], RC_EXPR_MAX, &k->in[n], name, red, k->rank, k->shape);
+    }
+}
+
 /* With a reduction: a loop over output elements, nested loops over the reduced axes. The fold
  * is the interpreter's (kernels/ref/reduce.c reduce_chunk), step for step. */
-static void rc_loop_reduce(rc_buf_t *b, const kir_kernel_t *k) {
+static void rc_loop_reduce(rc_buf_t *b, const kir_kernel_t *k, const bool *varies) {
     char idx[KIR_MAX_INPUTS][RC_EXPR_MAX]; /* per input: its index expression */
     bool kept[PROTO_MAX_RANK], red[PROTO_MAX_RANK], need[PROTO_MAX_RANK] = {false};
     for (int d = 0; d < k->rank; d++) {
@@ -426,72 +604,65 @@ static void rc_loop_reduce(rc_buf_t *b, const kir_kernel_t *k) {
     for (int n = 0; n < k->nin; n++)
         for (int d = 0; d < k->rank; d++)
             need[d] |= kept[d] && k->in[n].strides[d] != 0;
-    pg_dtype_t rdt = k->vals[k->nvals - 1].dtype;
-    prim_t op = k->reduce;
-    bool logical = op == PRIM_any || op == PRIM_all;
-    bool fdom = !logical && rc_is_float(rdt);
-    bool extreme = op == PRIM_max || op == PRIM_min;
-
     rc_printf(b, "    for (int64_t o = start; o < end; o++) {\n");
     rc_unflatten(b, k, "o", kept, need, "        ");
-    for (int n = 0; n < k->nin; n++) {
-        char base[RC_EXPR_MAX], name[16];
-        rc_affine(base, sizeof(base), &k->in[n], NULL, kept, k->rank, k->shape);
-        rc_printf(b, "        const int64_t b%d = %s;\n", n, base);
-        snprintf(name, sizeof(name), "b%d", n);
-        rc_affine(idx[n], RC_EXPR_MAX, &k->in[n], name, red, k->rank, k->shape);
-    }
-    if (logical)
-        rc_printf(b, "        uint8_t acc = %d;\n", op == PRIM_all);
-    else if (fdom)
-        rc_printf(b, "        double acc = %s;\n", op == PRIM_prod ? "1.0" : "0.0");
-    else
-        rc_printf(b, "        uint64_t acc = %d;\n", op == PRIM_prod);
-    if (extreme)
-        rc_printf(b, "        int first = 1;\n");
+    rc_bases(b, k, idx, kept, red);
+    rc_emit_fold(b, k, idx, red, 0, k->nvals, k->reduce, k->out_dtype, 0, varies, "        ");
+    rc_printf(b, "        out[o] = a0;\n    }\n");
+}
 
-    char indent[64] = "        ";
+/* Staged: a loop over rows; per row each stage's fold, then the last stage's write or fold. */
+static void rc_loop_staged(rc_buf_t *b, const kir_kernel_t *k, const bool *varies) {
+    char idx[KIR_MAX_INPUTS][RC_EXPR_MAX];
+    bool kept[PROTO_MAX_RANK], red[PROTO_MAX_RANK], need[PROTO_MAX_RANK] = {false};
+    int64_t rowlen = 1;
     for (int d = 0; d < k->rank; d++) {
-        if (!red[d])
-            continue;
-        rc_printf(b, "%sfor (int64_t i%d = 0; i%d < %" PRId64 "; i%d++) {\n", indent, d, d,
-                  k->shape[d], d);
-        strcat(indent, "    ");
+        red[d] = d >= k->row;
+        kept[d] = !red[d];
+        if (red[d])
+            rowlen *= k->shape[d];
     }
-    rc_body(b, k, idx, indent);
-    int r = k->nvals - 1;
-    if (logical) {
-        rc_printf(b, "%sacc = acc %s (v%d != 0);\n", indent, op == PRIM_all ? "&&" : "||", r);
-    } else if (fdom) {
-        rc_printf(b, "%sconst double x = v%d;\n", indent, r);
-        if (op == PRIM_sum)
-            rc_printf(b, "%sacc += x;\n", indent);
-        else if (op == PRIM_prod)
-            rc_printf(b, "%sacc *= x;\n", indent);
-        else /* NaN propagates: the first NaN seen sticks */
-            rc_printf(b,
-                      "%sif (first || isnan(x))\n%s    acc = x;\n"
-                      "%selse if (!isnan(acc) && x %s acc)\n%s    acc = x;\n%sfirst = 0;\n",
-                      indent, indent, indent, op == PRIM_max ? ">" : "<", indent, indent);
-    } else {
-        rc_printf(b, "%sconst int64_t x = v%d;\n", indent, r);
-        if (op == PRIM_sum)
-            rc_printf(b, "%sacc += (uint64_t)x;\n", indent);
-        else if (op == PRIM_prod)
-            rc_printf(b, "%sacc *= (uint64_t)x;\n", indent);
+    for (int n = 0; n < k->nin; n++)
+        for (int d = 0; d < k->rank; d++)
+            need[d] |= kept[d] && k->in[n].strides[d] != 0;
+    rc_printf(b, "    for (int64_t o = start; o < end; o++) {\n");
+    rc_unflatten(b, k, "o", kept, need, "        ");
+    rc_bases(b, k, idx, kept, red);
+    int last = k->nstages - 1;
+    for (int s = 0; s <= last; s++) {
+        const kir_stage_t *st = &k->stage[s];
+        int vb = s ? k->stage[s - 1].end : 0;
+        rc_printf(b, "        /* stage %d: %s */\n", s,
+                  st->reduce != PRIM_COUNT ? rc_prim_name(st->reduce) : "write the row");
+        if (st->reduce != PRIM_COUNT) {
+            rc_emit_fold(b, k, idx, red, vb, st->end, st->reduce, st->dtype, s, varies,
+                         "        ");
+            continue;
+        }
+        char indent[64] = "        ";
+        rc_body(b, k, idx, indent, vb, st->end, varies, false);
+        int nl = rc_open_loops(b, k, red, -1, indent);
+        rc_body(b, k, idx, indent, vb, st->end, varies, true);
+        rc_printf(b, "%sout[o * %" PRId64, indent, rowlen);
+        int64_t stride = 1;
+        for (int d = k->rank - 1; d >= k->row; d--) {
+            if (k->shape[d] != 1)
+                rc_printf(b, " + i%d * %" PRId64, d, stride);
+            stride *= k->shape[d];
+        }
+        char v[32], e[RC_EXPR_MAX];
+        snprintf(v, sizeof(v), "v%d", st->end - 1);
+        pg_dtype_t rdt = k->vals[st->end - 1].dtype;
+        if (rdt == k->out_dtype)
+            snprintf(e, sizeof(e), "%s", v);
         else
-            rc_printf(b, "%sif (first || x %s (int64_t)acc)\n%s    acc = (uint64_t)x;\n"
-                      "%sfirst = 0;\n", indent, op == PRIM_max ? ">" : "<", indent, indent);
+            rc_convert(e, sizeof(e), rc_is_float(rdt), k->out_dtype, v);
+        rc_printf(b, "] = %s;\n", e);
+        rc_close_loops(b, nl, indent);
     }
-    for (int d = k->rank - 1; d >= 0; d--) {
-        if (!red[d])
-            continue;
-        indent[strlen(indent) - 4] = '\0';
-        rc_printf(b, "%s}\n", indent);
-    }
-    char st[RC_EXPR_MAX];
-    rc_convert(st, sizeof(st), fdom, k->out_dtype, fdom ? "acc" : "(int64_t)acc");
-    rc_printf(b, "        out[o] = %s;\n    }\n", st);
+    if (k->stage[last].reduce != PRIM_COUNT)
+        rc_printf(b, "        out[o] = a%d;\n", last);
+    rc_printf(b, "    }\n");
 }
 
 /* =============================================================================================
@@ -545,6 +716,8 @@ static void rc_comment(rc_buf_t *b, const kir_kernel_t *k) {
     }
     rc_printf(b, " -> %" PRIu64 " %s outputs\n", kir_out_numel(k),
               proto_dtype_name(k->out_dtype) ? proto_dtype_name(k->out_dtype) : "?");
+    if (rc_staged(k))
+        rc_printf(b, " * %d stages per row of axes %d..%d\n", k->nstages, k->row, k->rank - 1);
     for (int n = 0; n < k->nin; n++) {
         rc_printf(b, " *   in%d: %s, offset %" PRId64 ", strides [", n,
                   proto_dtype_name(k->in[n].dtype) ? proto_dtype_name(k->in[n].dtype) : "?",
@@ -553,11 +726,23 @@ static void rc_comment(rc_buf_t *b, const kir_kernel_t *k) {
             rc_printf(b, "%s%" PRId64, d ? ", " : "", k->in[n].strides[d]);
         rc_printf(b, "]%s\n", rc_is_contiguous(k, &k->in[n]) ? " (contiguous)" : "");
     }
-    for (int j = 0; j < k->nvals; j++) {
+    for (int j = 0, s = 0; j < k->nvals; j++) {
         const kir_val_t *v = &k->vals[j];
+        if (rc_staged(k) && (j == 0 || j == k->stage[s].end)) {
+            s += j != 0;
+            const kir_stage_t *st = &k->stage[s];
+            const char *dn = proto_dtype_name(st->dtype);
+            if (st->reduce != PRIM_COUNT)
+                rc_printf(b, " *   stage %d: a%d = %s over the row of the last value : %s\n", s,
+                          s, rc_prim_name(st->reduce), dn ? dn : "?");
+            else
+                rc_printf(b, " *   stage %d: write the last value\n", s);
+        }
         rc_printf(b, " *   v%d = ", j);
         if (v->kind == KIR_LOAD) {
             rc_printf(b, "load in%d", v->input);
+        } else if (v->kind == KIR_ACC) {
+            rc_printf(b, "a%d (stage %d, this row)", v->input, v->input);
         } else if (v->kind == KIR_CONST) {
             rc_printf(b, "const %.17g", v->value);
         } else {
@@ -585,14 +770,40 @@ static bool rc_valid(const kir_kernel_t *k) {
     for (int n = 0; n < k->nin; n++)
         if ((unsigned)k->in[n].dtype >= PG_DTYPE_COUNT)
             return false;
-    for (int j = 0; j < k->nvals; j++) {
+    if (rc_staged(k)) {
+        if (k->nstages > KIR_MAX_STAGES || k->row < 0 || k->row >= k->rank ||
+            k->stage[k->nstages - 1].end != k->nvals ||
+            k->stage[k->nstages - 1].reduce != k->reduce)
+            return false;
+        for (int s = 0; s < k->nstages; s++) {
+            const kir_stage_t *st = &k->stage[s];
+            if (st->end <= (s ? k->stage[s - 1].end : 0) ||
+                (unsigned)st->dtype >= PG_DTYPE_COUNT ||
+                (s < k->nstages - 1 && st->reduce == PRIM_COUNT))
+                return false;
+        }
+        if (rc_has_reduce(k))
+            for (int d = 0; d < k->rank; d++)
+                if (k->reduced[d] != (d >= k->row))
+                    return false;
+    }
+    for (int j = 0, s = 0; j < k->nvals; j++) {
         const kir_val_t *v = &k->vals[j];
+        int begin = 0; /* the first value of j's stage: operands come from the same stage */
+        if (rc_staged(k)) {
+            while (j >= k->stage[s].end)
+                s++;
+            begin = s ? k->stage[s - 1].end : 0;
+        }
         if ((unsigned)v->dtype >= PG_DTYPE_COUNT)
             return false;
         if (v->kind == KIR_LOAD && (v->input < 0 || v->input >= k->nin))
             return false;
+        if (v->kind == KIR_ACC && (!rc_staged(k) || v->input < 0 || v->input >= s))
+            return false;
         if (v->kind == KIR_OP) {
-            if (v->a < 0 || v->a >= j || v->b >= j || v->c >= j)
+            if (v->a < begin || v->a >= j || v->b >= j || v->c >= j ||
+                (v->b >= 0 && v->b < begin) || (v->c >= 0 && v->c < begin))
                 return false;
             if (v->prim == PRIM_where && (v->b < 0 || v->c < 0))
                 return false;
@@ -614,8 +825,12 @@ char *kir_render_c(const kir_kernel_t *k, char *name, size_t name_cap) {
         const char *t = rc_ctype(k->in[n].dtype);
         rc_printf(&b, "    const %s *restrict in%d = (const %s *)bufs[%d];\n", t, n, t, n + 1);
     }
-    if (rc_has_reduce(k))
-        rc_loop_reduce(&b, k);
+    bool varies[KIR_MAX_VALS];
+    rc_varies(k, varies);
+    if (rc_staged(k))
+        rc_loop_staged(&b, k, varies);
+    else if (rc_has_reduce(k))
+        rc_loop_reduce(&b, k, varies);
     else
         rc_loop_elementwise(&b, k);
     rc_printf(&b, "}\n");

@@ -10,10 +10,14 @@
  *
  *   x [2, 3, 4], dims {0, 2}:  kept [3] strides {4},  reduced [2, 4] strides {12, 1}
  *
- * Float sums and products accumulate in double (float32 in double is what keeps a long sum
+ * Float folds run in KIR_LANES interleaved lanes along the innermost reduced axis, combined
+ * pairwise at the end (kernels/codegen/kir.h), which is the order in which a compiled kernel can
+ * vectorize the fold, so both give the same bits. Float sums and products accumulate in double (float32 in double is what keeps a long sum
  * within the tests' relative tolerance); integer ones in uint64, wrapping like torch's int64.
  */
 #include "ref_impl.h"
+
+#include "../codegen/kir.h" /* KIR_LANES */
 
 typedef struct {
     const gnode_t *n;
@@ -67,6 +71,17 @@ static int axes_mask(const gnode_t *n, int rank) {
  * sum prod max min any all
  * =========================================================================================== */
 
+/* One step of a float fold; max and min keep the first NaN they meet (later NaNs replace it,
+ * which only changes the payload). */
+static double fold_f(prim_t op, double acc, double x) {
+    switch (op) {
+    case PRIM_sum: return acc + x;
+    case PRIM_prod: return acc * x;
+    case PRIM_max: return (x > acc || x != x) ? x : acc;
+    default: return (x < acc || x != x) ? x : acc;
+    }
+}
+
 static void reduce_chunk(void *arg, uint64_t begin, uint64_t end) {
     const red_ctx_t *c = arg;
     const ref_view_t *x = c->x;
@@ -90,19 +105,23 @@ static void reduce_chunk(void *arg, uint64_t begin, uint64_t end) {
                                      : acc || ref__ld_b(xd, dt, inner.off[0]);
             ref__st_i(od, odt, (int64_t)j, acc);
         } else if (is_float) {
-            double acc = op == PRIM_prod ? 1.0 : 0.0;
-            for (uint64_t k = 0; k < c->rlen; k++, ref__iter_next(&inner)) {
-                double v = ref__ld_f(xd, dt, inner.off[0]);
-                if (op == PRIM_sum)
-                    acc += v;
-                else if (op == PRIM_prod)
-                    acc *= v;
-                else if (k == 0 || isnan(v))
-                    acc = v;
-                else if (!isnan(acc) && (op == PRIM_max ? v > acc : v < acc))
-                    acc = v; /* once acc is NaN it stays NaN */
+            /* KIR_LANES interleaved lanes along the innermost reduced axis, combined pairwise
+             * (kernels/codegen/kir.h): the order a vectorized kernel folds in. */
+            double init = op == PRIM_sum ? 0.0 : op == PRIM_prod ? 1.0
+                          : op == PRIM_max ? -INFINITY : INFINITY;
+            double acc[KIR_LANES];
+            for (int l = 0; l < KIR_LANES; l++)
+                acc[l] = init;
+            uint64_t inner_len = c->rrank ? (uint64_t)c->rshape[c->rrank - 1] : 1;
+            for (uint64_t k = 0, at = 0; k < c->rlen; k++, ref__iter_next(&inner)) {
+                int l = (int)(at % KIR_LANES);
+                acc[l] = fold_f(op, acc[l], ref__ld_f(xd, dt, inner.off[0]));
+                at = at + 1 == inner_len ? 0 : at + 1;
             }
-            ref__st_f(od, odt, (int64_t)j, acc);
+            for (int w = 1; w < KIR_LANES; w *= 2)
+                for (int l = 0; l + w < KIR_LANES; l += 2 * w)
+                    acc[l] = fold_f(op, acc[l], acc[l + w]);
+            ref__st_f(od, odt, (int64_t)j, acc[0]);
         } else {
             uint64_t acc = op == PRIM_prod ? 1 : 0;
             for (uint64_t k = 0; k < c->rlen; k++, ref__iter_next(&inner)) {

@@ -484,6 +484,10 @@ static int compose(fctx_t *c, int32_t root, kir_kernel_t *k, int32_t *kin_node, 
     for (int i = 0; i < k->nin; i++)
         if (!input_in_bounds(k, &k->in[i], g->nodes[kin_node[i]].numel))
             return COMPOSE_GIVE_UP;
+    k->nstages = 1;
+    k->stage[0].reduce = k->reduce;
+    k->stage[0].end = k->nvals;
+    k->stage[0].dtype = k->out_dtype;
     return COMPOSE_OK;
 }
 

@@ -259,11 +259,12 @@ TEST_IMPL(cast_float_to_int) {
 }
 
 TEST_IMPL(sum_axis1) {
-    /* float64 [5, 7], sum over axis 1 of x * x: the fold runs in C order, like the interpreter. */
+    /* float64 [5, 13], sum over axis 1 of x * x: the fold runs in KIR_LANES lanes combined
+     * pairwise (kir.h), like the interpreter. */
     jit_setup();
-    int64_t shape[2] = {5, 7};
-    double x[35], out[5];
-    for (int i = 0; i < 35; i++)
+    int64_t shape[2] = {5, 13};
+    double x[65], out[5];
+    for (int i = 0; i < 65; i++)
         x[i] = 1.0 / (i + 1) - 0.1 * (i % 3);
     kir_kernel_t *k = kernel_new(2, shape, PG_FLOAT64);
     int v0 = val_load(k, add_input(k, PG_FLOAT64));
@@ -277,9 +278,11 @@ TEST_IMPL(sum_axis1) {
     fn(bufs, 0, 2);
     fn(bufs, 2, 5);
     for (int i = 0; i < 5; i++) {
-        double acc = 0;
-        for (int j = 0; j < 7; j++)
-            acc += x[i * 7 + j] * x[i * 7 + j];
+        double lane[KIR_LANES] = {0};
+        for (int j = 0; j < 13; j++)
+            lane[j % KIR_LANES] += x[i * 13 + j] * x[i * 13 + j];
+        double acc = ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
+                     ((lane[4] + lane[5]) + (lane[6] + lane[7]));
         ASSERT(memcmp(&out[i], &acc, 8) == 0);
     }
     free(k);
