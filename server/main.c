@@ -361,6 +361,7 @@ out_loop:
         jit_shutdown();
     if (uv_loop_close(&loop) != 0)
         log_warn("event loop closed with live handles");
+    mem_data_trim();
     if (status == 0 && (mem_in_use() != 0 || pg_malloc_live() != 0))
         log_warn("leak at exit: %llu budget bytes, %llu internal bytes still allocated",
                  (unsigned long long)mem_in_use(), (unsigned long long)pg_malloc_live());

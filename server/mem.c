@@ -7,6 +7,7 @@
  */
 #include "mem.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,10 +41,84 @@ void mem_release(uint64_t n) { atomic_fetch_sub(&budget_used, n); }
 #define HUGE_MIN (4u << 20)
 #define HUGE_PAGE (2u << 20)
 
+/* Freed large blocks kept for reuse. A training step or a benchmark loop allocates the same
+ * sizes every run; a fresh block costs a page fault (and the kernel zeroing it) per page, which
+ * for a 16 MiB result is as much time as a fused kernel takes to fill it. Blocks are reused only
+ * at their exact size; the cache holds at most CACHE_BYTES, oldest out first. */
+#define CACHE_SLOTS 16
+#define CACHE_BYTES (256ull << 20)
+static struct {
+    pthread_mutex_t lock;
+    void *p[CACHE_SLOTS];
+    uint64_t n[CACHE_SLOTS];     /* 0: the slot is empty */
+    uint64_t age[CACHE_SLOTS];   /* when it was put back (a counter) */
+    uint64_t bytes, clock;
+} cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void *cache_take(uint64_t n) {
+    void *p = NULL;
+    pthread_mutex_lock(&cache.lock);
+    for (int i = 0; i < CACHE_SLOTS && !p; i++)
+        if (cache.n[i] == n) {
+            p = cache.p[i];
+            cache.n[i] = 0;
+            cache.bytes -= n;
+        }
+    pthread_mutex_unlock(&cache.lock);
+    return p;
+}
+
+/* Keeps block p of n bytes for reuse, evicting the oldest blocks to make room; frees what does
+ * not fit. */
+static void cache_put(void *p, uint64_t n) {
+    void *evict[CACHE_SLOTS];
+    int ne = 0;
+    pthread_mutex_lock(&cache.lock);
+    while (n <= CACHE_BYTES) {
+        int free_slot = -1, oldest = -1;
+        for (int i = 0; i < CACHE_SLOTS; i++) {
+            if (cache.n[i] == 0 && free_slot < 0)
+                free_slot = i;
+            if (cache.n[i] && (oldest < 0 || cache.age[i] < cache.age[oldest]))
+                oldest = i;
+        }
+        if (free_slot >= 0 && cache.bytes + n <= CACHE_BYTES) {
+            cache.p[free_slot] = p;
+            cache.n[free_slot] = n;
+            cache.age[free_slot] = ++cache.clock;
+            cache.bytes += n;
+            p = NULL;
+            break;
+        }
+        if (oldest < 0)
+            break;
+        evict[ne++] = cache.p[oldest];
+        cache.bytes -= cache.n[oldest];
+        cache.n[oldest] = 0;
+    }
+    pthread_mutex_unlock(&cache.lock);
+    for (int i = 0; i < ne; i++)
+        free(evict[i]);
+    free(p);
+}
+
+void mem_data_trim(void) {
+    pthread_mutex_lock(&cache.lock);
+    for (int i = 0; i < CACHE_SLOTS; i++)
+        if (cache.n[i]) {
+            free(cache.p[i]);
+            cache.n[i] = 0;
+        }
+    cache.bytes = 0;
+    pthread_mutex_unlock(&cache.lock);
+}
+
 void *mem_data_alloc(uint64_t n) {
     if (n == 0 || n > SIZE_MAX - HUGE_PAGE || !mem_reserve(n))
         return NULL;
-    void *p = NULL;
+    void *p = n >= HUGE_MIN ? cache_take(n) : NULL;
+    if (p)
+        return p;
     size_t align = n >= HUGE_MIN ? HUGE_PAGE : 64;
     if (posix_memalign(&p, align, (size_t)n) != 0) {
         mem_release(n);
@@ -57,7 +132,10 @@ void *mem_data_alloc(uint64_t n) {
 void mem_data_free(void *p, uint64_t n) {
     if (!p)
         return;
-    free(p);
+    if (n >= HUGE_MIN)
+        cache_put(p, n);
+    else
+        free(p);
     mem_release(n);
 }
 

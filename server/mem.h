@@ -27,6 +27,8 @@ void mem_release(uint64_t n);
 void *mem_data_alloc(uint64_t n);
 /* Frees a mem_data_alloc() block and gives its bytes back to the budget. NULL is ignored. */
 void mem_data_free(void *p, uint64_t n);
+/* Frees the large blocks mem_data_free() kept for reuse (at shutdown). */
+void mem_data_trim(void);
 
 uint64_t mem_in_use(void); /* bytes reserved now */
 uint64_t mem_peak(void);   /* the most ever reserved at once */

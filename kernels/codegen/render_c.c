@@ -261,6 +261,27 @@ static const char *rc_fast_f32(prim_t op) {
     }
 }
 
+/*
+ * float32 + - * / sqrt (and neg, abs, square, reciprocal) written in float: for these IEEE
+ * operations, computing in double and rounding once to float gives exactly the float result
+ * (double has more than twice float's precision), so this is the interpreter's arithmetic, at
+ * twice the vector width. Returns false for any other op.
+ */
+static bool rc_float_f32(char *out, size_t cap, prim_t op, int a, int b) {
+    switch (op) {
+    case PRIM_add: snprintf(out, cap, "v%d + v%d", a, b); return true;
+    case PRIM_sub: snprintf(out, cap, "v%d - v%d", a, b); return true;
+    case PRIM_mul: snprintf(out, cap, "v%d * v%d", a, b); return true;
+    case PRIM_div: snprintf(out, cap, "v%d / v%d", a, b); return true;
+    case PRIM_neg: snprintf(out, cap, "-v%d", a); return true;
+    case PRIM_abs: snprintf(out, cap, "__builtin_fabsf(v%d)", a); return true;
+    case PRIM_square: snprintf(out, cap, "v%d * v%d", a, a); return true;
+    case PRIM_reciprocal: snprintf(out, cap, "1.0f / v%d", a); return true;
+    case PRIM_sqrt: snprintf(out, cap, "__builtin_sqrtf(v%d)", a); return true;
+    default: return false;
+    }
+}
+
 #define RC_EXPR_MAX 1024
 
 /*
@@ -301,6 +322,10 @@ static void rc_value_expr(char *out, size_t cap, const kir_kernel_t *k, int j,
         snprintf(out, cap, "%s(v%d)", fast, v->a);
         return;
     }
+    if (adt == PG_FLOAT32 && v->dtype == PG_FLOAT32 &&
+        (v->b < 0 || k->vals[v->b].dtype == PG_FLOAT32) &&
+        rc_float_f32(out, cap, v->prim, v->a, v->b))
+        return;
     bool fdom = rc_is_float(adt) || v->prim == PRIM_div || v->prim == PRIM_exp ||
                 v->prim == PRIM_log || v->prim == PRIM_sqrt || v->prim == PRIM_rsqrt ||
                 v->prim == PRIM_sin || v->prim == PRIM_cos || v->prim == PRIM_tanh ||
@@ -401,16 +426,25 @@ static void rc_varies(const kir_kernel_t *k, bool *varies) {
 }
 
 /* Emits values [vb, ve) whose varies[] equals `which` (NULL: all of them), one const local each,
- * each line at indent. */
-static void rc_body(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_MAX],
-                    const char *indent, int vb, int ve, const bool *varies, bool which) {
+ * each line at indent; value `as_j` is read from expression as_expr instead of computed. */
+static void rc_body_as(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_MAX],
+                       const char *indent, int vb, int ve, const bool *varies, bool which,
+                       int as_j, const char *as_expr) {
     char e[4 * RC_EXPR_MAX];
     for (int j = vb; j < ve; j++) {
         if (varies && varies[j] != which)
             continue;
-        rc_value_expr(e, sizeof(e), k, j, idx);
+        if (j == as_j)
+            snprintf(e, sizeof(e), "%s", as_expr);
+        else
+            rc_value_expr(e, sizeof(e), k, j, idx);
         rc_printf(b, "%sconst %s v%d = %s;\n", indent, rc_ctype(k->vals[j].dtype), j, e);
     }
+}
+
+static void rc_body(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_MAX],
+                    const char *indent, int vb, int ve, const bool *varies, bool which) {
+    rc_body_as(b, k, idx, indent, vb, ve, varies, which, -1, NULL);
 }
 
 /* Elementwise: one loop over output elements. */
@@ -442,15 +476,28 @@ static void rc_loop_elementwise(rc_buf_t *b, const kir_kernel_t *k) {
     rc_printf(b, "        out[i] = %s;\n    }\n", st);
 }
 
-/* Folds float x into float accumulator acc as op does (NaN sticks for max and min). */
+/* Folds float x into float accumulator acc as op does. max and min ignore NaN here (a flag
+ * remembers it), which keeps the select vectorizable. */
 static void rc_fold_f(char *out, size_t cap, prim_t op, const char *acc, const char *x) {
     if (op == PRIM_sum)
         snprintf(out, cap, "%s + %s", acc, x);
     else if (op == PRIM_prod)
         snprintf(out, cap, "%s * %s", acc, x);
     else
-        snprintf(out, cap, "(%s %s %s || %s != %s) ? %s : %s", x, op == PRIM_max ? ">" : "<", acc,
-                 x, x, x, acc);
+        snprintf(out, cap, "%s %s %s ? %s : %s", x, op == PRIM_max ? ">" : "<", acc, x, acc);
+}
+
+/* Emits a fold made by rc_emit_fold (a format with one %s per line after the first). */
+static void rc_fold_emit(rc_buf_t *b, const char *indent, const char *fold) {
+    rc_printf(b, "%s", indent);
+    for (const char *p = fold; *p; p++) {
+        if (p[0] == '%' && p[1] == 's') {
+            rc_printf(b, "%s", indent);
+            p++;
+        } else {
+            rc_printf(b, "%c", *p);
+        }
+    }
 }
 
 /* Opens a loop per axis in `axes` but `skip`, outermost first; returns how many. */
@@ -483,7 +530,7 @@ static void rc_close_loops(rc_buf_t *b, int n, char *indent) {
  */
 static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_MAX],
                          const bool *red, int vb, int ve, prim_t op, pg_dtype_t dt, int s,
-                         const bool *varies, const char *ind0) {
+                         const bool *varies, const char *ind0, const char *store) {
     pg_dtype_t rdt = k->vals[ve - 1].dtype;
     bool logical = op == PRIM_any || op == PRIM_all;
     bool fdom = !logical && rc_is_float(rdt);
@@ -497,21 +544,34 @@ static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_
         if (red[d])
             dl = d;
     if (fdom) {
+        /* Sums and products accumulate in double; max and min are exact in the value's type,
+         * and any NaN makes the result NaN (kernels/ref/reduce.c). */
         const char *init = op == PRIM_sum ? "0.0" : op == PRIM_prod ? "1.0"
                            : op == PRIM_max ? "-INFINITY" : "INFINITY";
-        rc_printf(b, "%sdouble acc%d[%d] = {", indent, s, KIR_LANES);
+        const char *at = extreme ? rc_ctype(rdt) : "double";
+        if (extreme)
+            rc_printf(b, "%sint nan%d = 0;\n", indent, s);
+        rc_printf(b, "%s%s acc%d[%d] = {", indent, at, s, KIR_LANES);
         for (int l = 0; l < KIR_LANES; l++)
             rc_printf(b, "%s%s", l ? ", " : "", init);
         rc_printf(b, "};\n");
+        char fold[2 * RC_EXPR_MAX + 128];
         int nl = rc_open_loops(b, k, red, dl, indent);
         char acc[32];
         snprintf(acc, sizeof(acc), "acc%d[l]", s);
         rc_fold_f(e, sizeof(e), op, acc, "x");
+        if (extreme)
+            snprintf(fold, sizeof(fold), "const %s x = %s;\n%%s%s = %s;\n%%snan%d |= x != x;\n",
+                     at, x, acc, e, s);
+        else
+            snprintf(fold, sizeof(fold), "const double x = %s;\n%%s%s = %s;\n", x, acc, e);
         if (dl < 0) { /* nothing to fold over but the one element: lane 0 */
             rc_printf(b, "%s{\n%s    const int l = 0;\n", indent, indent);
             strcat(indent, "    ");
             rc_body(b, k, idx, indent, vb, ve, varies, true);
-            rc_printf(b, "%sconst double x = %s;\n%s%s = %s;\n", indent, x, indent, acc, e);
+            if (store)
+                rc_printf(b, "%s%s", indent, store);
+            rc_fold_emit(b, indent, fold);
             indent[strlen(indent) - 4] = '\0';
             rc_printf(b, "%s}\n", indent);
         } else {
@@ -522,18 +582,22 @@ static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_
                     continue;
                 if (part == 1 && full == n)
                     continue;
+                /* unroll 1: gcc would unroll the lane loop and then fail to vectorize it */
                 if (part == 0)
                     rc_printf(b, "%sfor (int64_t g = 0; g < %" PRId64 "; g += %d) {\n"
+                                 "%s    _Pragma(\"GCC unroll 1\")\n"
                                  "%s    for (int l = 0; l < %d; l++) {\n"
                                  "%s        const int64_t i%d = g + l;\n",
-                              indent, full, KIR_LANES, indent, KIR_LANES, indent, dl);
+                              indent, full, KIR_LANES, indent, indent, KIR_LANES, indent, dl);
                 else
                     rc_printf(b, "%s{\n%s    for (int l = 0; l < %d; l++) {\n"
                                  "%s        const int64_t i%d = %" PRId64 " + l;\n",
                               indent, indent, (int)(n - full), indent, dl, full);
                 strcat(indent, "        ");
                 rc_body(b, k, idx, indent, vb, ve, varies, true);
-                rc_printf(b, "%sconst double x = %s;\n%s%s = %s;\n", indent, x, indent, acc, e);
+                if (store)
+                    rc_printf(b, "%s%s", indent, store);
+                rc_fold_emit(b, indent, fold);
                 indent[strlen(indent) - 8] = '\0';
                 rc_printf(b, "%s    }\n%s}\n", indent, indent);
             }
@@ -547,12 +611,18 @@ static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_
             for (int l = 0; l + w < KIR_LANES; l += 2 * w) {
                 snprintf(u, sizeof(u), "c%d_%d_%d", s, level, l);
                 rc_fold_f(e, sizeof(e), op, t[l], t[l + w]);
-                rc_printf(b, "%sconst double %s = %s;\n", indent, u, e);
+                if (op == PRIM_sum || op == PRIM_prod)
+                    snprintf(e, sizeof(e), "%s %s %s", t[l], op == PRIM_sum ? "+" : "*", t[l + w]);
+                rc_printf(b, "%sconst %s %s = %s;\n", indent, at, u, e);
                 snprintf(t[l], sizeof(t[l]), "%s", u);
             }
         }
-        char st[RC_EXPR_MAX];
-        rc_convert(st, sizeof(st), true, dt, t[0]);
+        char st[RC_EXPR_MAX], r[128];
+        if (extreme)
+            snprintf(r, sizeof(r), "nan%d ? (double)NAN : (double)%s", s, t[0]);
+        else
+            snprintf(r, sizeof(r), "%s", t[0]);
+        rc_convert(st, sizeof(st), true, dt, r);
         rc_printf(b, "%sconst %s a%d = %s;\n", indent, rc_ctype(dt), s, st);
         return;
     }
@@ -564,6 +634,8 @@ static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_
         rc_printf(b, "%suint64_t acc%d = %d;\n", indent, s, op == PRIM_prod);
     int nl = rc_open_loops(b, k, red, -1, indent);
     rc_body(b, k, idx, indent, vb, ve, varies, true);
+    if (store)
+        rc_printf(b, "%s%s", indent, store);
     if (logical)
         rc_printf(b, "%sacc%d %s= (uint8_t)(%s != 0);\n", indent, s, op == PRIM_all ? "&" : "|", x);
     else if (extreme)
@@ -607,8 +679,63 @@ static void rc_loop_reduce(rc_buf_t *b, const kir_kernel_t *k, const bool *varie
     rc_printf(b, "    for (int64_t o = start; o < end; o++) {\n");
     rc_unflatten(b, k, "o", kept, need, "        ");
     rc_bases(b, k, idx, kept, red);
-    rc_emit_fold(b, k, idx, red, 0, k->nvals, k->reduce, k->out_dtype, 0, varies, "        ");
+    rc_emit_fold(b, k, idx, red, 0, k->nvals, k->reduce, k->out_dtype, 0, varies, "        ",
+                 NULL);
     rc_printf(b, "        out[o] = a0;\n    }\n");
+}
+
+/* True when values i and j compute the same thing (structurally). */
+static bool rc_equiv(const kir_kernel_t *k, int i, int j) {
+    const kir_val_t *x = &k->vals[i], *y = &k->vals[j];
+    if (i == j)
+        return true;
+    if (x->kind != y->kind || x->dtype != y->dtype)
+        return false;
+    switch (x->kind) {
+    case KIR_LOAD:
+    case KIR_ACC:
+        return x->input == y->input;
+    case KIR_CONST:
+        return memcmp(&x->value, &y->value, sizeof(double)) == 0;
+    case KIR_OP:
+        break;
+    }
+    return x->prim == y->prim && (x->b < 0) == (y->b < 0) && (x->c < 0) == (y->c < 0) &&
+           rc_equiv(k, x->a, y->a) && (x->b < 0 || rc_equiv(k, x->b, y->b)) &&
+           (x->c < 0 || rc_equiv(k, x->c, y->c));
+}
+
+/* True when computing value j involves a transcendental function or a division. */
+static bool rc_costly(const kir_kernel_t *k, int j) {
+    const kir_val_t *v = &k->vals[j];
+    if (v->kind != KIR_OP)
+        return false;
+    switch (v->prim) {
+    case PRIM_exp: case PRIM_log: case PRIM_sin: case PRIM_cos: case PRIM_tanh: case PRIM_pow:
+    case PRIM_sigmoid: case PRIM_gelu: case PRIM_gelu_tanh: case PRIM_silu: case PRIM_div:
+        return true;
+    default:
+        return rc_costly(k, v->a) || (v->b >= 0 && rc_costly(k, v->b)) ||
+               (v->c >= 0 && rc_costly(k, v->c));
+    }
+}
+
+/* Finds the latest costly value of an elementwise last stage that an earlier fold already
+ * computes (*dst in the last stage, *src in the fold), if its type is the output's. */
+static void rc_find_kept(const kir_kernel_t *k, const bool *varies, int *dst, int *src) {
+    int last = k->nstages - 1, fb = k->stage[last - 1].end;
+    if (k->stage[last].reduce != PRIM_COUNT)
+        return;
+    for (int j = k->nvals - 1; j >= fb; j--) {
+        if (!varies[j] || k->vals[j].dtype != k->out_dtype || !rc_costly(k, j))
+            continue;
+        for (int i = 0; i < fb; i++)
+            if (varies[i] && rc_equiv(k, j, i)) {
+                *dst = j;
+                *src = i;
+                return;
+            }
+    }
 }
 
 /* Staged: a loop over rows; per row each stage's fold, then the last stage's write or fold. */
@@ -625,31 +752,42 @@ static void rc_loop_staged(rc_buf_t *b, const kir_kernel_t *k, const bool *varie
     for (int n = 0; n < k->nin; n++)
         for (int d = 0; d < k->rank; d++)
             need[d] |= kept[d] && k->in[n].strides[d] != 0;
+    /* The element of the row being written: out[o * rowlen + (row axes in C order)]. */
+    char at[RC_EXPR_MAX];
+    int n = snprintf(at, sizeof(at), "out[o * %" PRId64, rowlen);
+    int64_t stride = 1;
+    for (int d = k->rank - 1; d >= k->row && n > 0 && (size_t)n < sizeof(at); d--) {
+        if (k->shape[d] != 1)
+            n += snprintf(at + n, sizeof(at) - (size_t)n, " + i%d * %" PRId64, d, stride);
+        stride *= k->shape[d];
+    }
+    if (n > 0 && (size_t)n < sizeof(at) - 1)
+        strcat(at, "]");
+    /* A costly value the last stage would recompute (softmax's exp) is kept from the fold
+     * that computed it, in the output row itself, which is written last anyway. */
+    int keep_dst = -1, keep_src = -1, last = k->nstages - 1;
+    rc_find_kept(k, varies, &keep_dst, &keep_src);
+    char store[RC_EXPR_MAX + 64];
+    snprintf(store, sizeof(store), "%s = v%d; /* kept for the last stage */\n", at, keep_src);
     rc_printf(b, "    for (int64_t o = start; o < end; o++) {\n");
     rc_unflatten(b, k, "o", kept, need, "        ");
     rc_bases(b, k, idx, kept, red);
-    int last = k->nstages - 1;
     for (int s = 0; s <= last; s++) {
         const kir_stage_t *st = &k->stage[s];
         int vb = s ? k->stage[s - 1].end : 0;
         rc_printf(b, "        /* stage %d: %s */\n", s,
                   st->reduce != PRIM_COUNT ? rc_prim_name(st->reduce) : "write the row");
         if (st->reduce != PRIM_COUNT) {
+            bool here = keep_src >= vb && keep_src < st->end;
             rc_emit_fold(b, k, idx, red, vb, st->end, st->reduce, st->dtype, s, varies,
-                         "        ");
+                         "        ", here ? store : NULL);
             continue;
         }
         char indent[64] = "        ";
         rc_body(b, k, idx, indent, vb, st->end, varies, false);
         int nl = rc_open_loops(b, k, red, -1, indent);
-        rc_body(b, k, idx, indent, vb, st->end, varies, true);
-        rc_printf(b, "%sout[o * %" PRId64, indent, rowlen);
-        int64_t stride = 1;
-        for (int d = k->rank - 1; d >= k->row; d--) {
-            if (k->shape[d] != 1)
-                rc_printf(b, " + i%d * %" PRId64, d, stride);
-            stride *= k->shape[d];
-        }
+        rc_body_as(b, k, idx, indent, vb, st->end, varies, true, keep_dst, at);
+        rc_printf(b, "%s%s", indent, at);
         char v[32], e[RC_EXPR_MAX];
         snprintf(v, sizeof(v), "v%d", st->end - 1);
         pg_dtype_t rdt = k->vals[st->end - 1].dtype;
@@ -657,7 +795,7 @@ static void rc_loop_staged(rc_buf_t *b, const kir_kernel_t *k, const bool *varie
             snprintf(e, sizeof(e), "%s", v);
         else
             rc_convert(e, sizeof(e), rc_is_float(rdt), k->out_dtype, v);
-        rc_printf(b, "] = %s;\n", e);
+        rc_printf(b, " = %s;\n", e);
         rc_close_loops(b, nl, indent);
     }
     if (k->stage[last].reduce != PRIM_COUNT)

@@ -71,14 +71,14 @@ static int axes_mask(const gnode_t *n, int rank) {
  * sum prod max min any all
  * =========================================================================================== */
 
-/* One step of a float fold; max and min keep the first NaN they meet (later NaNs replace it,
- * which only changes the payload). */
+/* One step of a float fold. max and min skip NaN here; the caller remembers whether it saw
+ * one, and then the result is NaN (as in torch), which keeps a compiled fold a plain select. */
 static double fold_f(prim_t op, double acc, double x) {
     switch (op) {
     case PRIM_sum: return acc + x;
     case PRIM_prod: return acc * x;
-    case PRIM_max: return (x > acc || x != x) ? x : acc;
-    default: return (x < acc || x != x) ? x : acc;
+    case PRIM_max: return x > acc ? x : acc;
+    default: return x < acc ? x : acc;
     }
 }
 
@@ -113,15 +113,19 @@ static void reduce_chunk(void *arg, uint64_t begin, uint64_t end) {
             for (int l = 0; l < KIR_LANES; l++)
                 acc[l] = init;
             uint64_t inner_len = c->rrank ? (uint64_t)c->rshape[c->rrank - 1] : 1;
+            bool nan = false;
             for (uint64_t k = 0, at = 0; k < c->rlen; k++, ref__iter_next(&inner)) {
                 int l = (int)(at % KIR_LANES);
-                acc[l] = fold_f(op, acc[l], ref__ld_f(xd, dt, inner.off[0]));
+                double v = ref__ld_f(xd, dt, inner.off[0]);
+                acc[l] = fold_f(op, acc[l], v);
+                nan |= v != v;
                 at = at + 1 == inner_len ? 0 : at + 1;
             }
             for (int w = 1; w < KIR_LANES; w *= 2)
                 for (int l = 0; l + w < KIR_LANES; l += 2 * w)
                     acc[l] = fold_f(op, acc[l], acc[l + w]);
-            ref__st_f(od, odt, (int64_t)j, acc[0]);
+            bool extreme = op == PRIM_max || op == PRIM_min;
+            ref__st_f(od, odt, (int64_t)j, extreme && nan ? (double)NAN : acc[0]);
         } else {
             uint64_t acc = op == PRIM_prod ? 1 : 0;
             for (uint64_t k = 0; k < c->rlen; k++, ref__iter_next(&inner)) {

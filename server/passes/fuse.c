@@ -51,6 +51,7 @@
  * between it and its input buffer); it is still a kernel, a load and a fold.
  */
 #include "fuse.h"
+#include "stitch.h"
 
 #include "../mem.h"
 
@@ -524,6 +525,62 @@ static bool dup_ids(int32_t **dst, const int32_t *src, int32_t n) {
     return true;
 }
 
+/* Runs stitch_inline over every kernel's inputs (kern[r], kin[r] by root; tmp is a spare
+ * kernel), then drops unread kernels. inliner and nread are scratch arrays of g->n. */
+static int stitch_all(fctx_t *c, kir_kernel_t **kern, int32_t (*kin)[KIR_MAX_INPUTS],
+                      kir_kernel_t *tmp, int32_t *inliner, int32_t *nread, proto_err_t *err) {
+    const graph_t *g = c->g;
+    int32_t n = g->n, kin_tmp[KIR_MAX_INPUTS];
+    for (int32_t i = 0; i < n; i++) {
+        inliner[i] = -1;
+        nread[i] = 0;
+    }
+    for (int32_t r = 0; r < n; r++) {
+        if (!kern[r])
+            continue;
+        for (int q = 0; q < kern[r]->nin; q++) {
+            int32_t p = kin[r][q];
+            if (p < 0 || p >= r || !kern[p] ||
+                !stitch_inline(kern[r], kin[r], q, kern[p], kin[p], tmp, kin_tmp))
+                continue;
+            kir_kernel_t t = *kern[r];
+            *kern[r] = *tmp;
+            *tmp = t;
+            memcpy(kin[r], kin_tmp, sizeof(kin_tmp));
+            inliner[p] = r;
+            q = -1; /* the inputs changed: look at them all again */
+        }
+    }
+    /* Liveness, from the outputs back: a kernel lives if a run output or a living step reads
+     * it. Grouped nodes other than roots are inside their kernel and read nothing themselves. */
+    for (int32_t i = n - 1; i >= 0; i--) {
+        if (!c->needed[i])
+            continue;
+        if (kern[i]) {
+            if (!c->is_out[i] && nread[i] == 0) {
+                pg_free(kern[i]);
+                kern[i] = NULL;
+                continue;
+            }
+            for (int q = 0; q < kern[i]->nin; q++)
+                nread[kin[i][q]]++;
+        } else if (c->group[i] == -1) {
+            for (int32_t s = 0; s < g->nodes[i].nin; s++)
+                nread[g->nodes[i].in[s]]++;
+        }
+    }
+    /* Nodes of a dropped kernel belong to the kernel that stitched it in (for explain). */
+    for (int32_t j = 0; j < n; j++) {
+        int32_t r = c->group[j];
+        while (r >= 0 && !kern[r])
+            r = inliner[r];
+        if (c->group[j] >= 0 && r < 0)
+            return proto_fail(err, PG_EINTERNAL, "fusion: node %d lost its kernel", (int)j);
+        c->group[j] = r;
+    }
+    return 0;
+}
+
 static uint64_t fuse_min_work = FUSE_MIN_WORK_DEFAULT;
 
 void fuse_set_min_work(uint64_t elements) { fuse_min_work = elements; }
@@ -611,6 +668,12 @@ int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, 
             }
         }
     }
+
+    /* Stitching (stitch.c): a kernel that folds rows runs inside the kernels that read its
+     * result back, in topological order so that chains stitch transitively; then the kernels
+     * that no step reads any more are dropped, their nodes counted as the stitched kernel's. */
+    if (fuse && (rc = stitch_all(&c, kern, kin, k, step_of, last, err)) != 0)
+        goto out;
 
     /* Steps in index order: a kernel at its root, an interpreter step for every other needed
      * node that no kernel computes inside. A constant that kernels absorbed needs no step unless
