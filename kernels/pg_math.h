@@ -13,7 +13,9 @@
  * values, and the C renderer pastes it verbatim into every generated kernel (CMake embeds it as
  * a string), so compiled kernels and the interpreter agree bit for bit. That only holds while
  * both evaluate the expressions exactly as written: no -ffast-math, and -ffp-contract=off (an
- * FMA rounds once where the text rounds twice).
+ * FMA rounds once where the text rounds twice). Polynomials use explicit fused multiply-adds
+ * (__builtin_fmaf): one instruction where the CPU has FMA, and the same correctly rounded
+ * result from libm's fmaf where it does not (the interpreter's generic x86-64 build).
  *
  *   before: out[i] = (float)exp((double)x[i]);     one libm call per element
  *   after:  out[i] = pg_expf(x[i]);                8 lanes per AVX instruction
@@ -39,19 +41,18 @@ static inline unsigned int pg_f_to_bits(float f) {
  * Cephes' degree-6 polynomial, 2^n as two exponent fields so that n may run from -150 to 128
  * (overflow to inf and gradual underflow come out of the final multiplies). */
 static inline float pg_expf(float x) {
-    float xc = x != x ? 0.0f : x;              /* NaN: compute anything, select it back below */
-    xc = xc > 88.8f ? 88.8f : xc;
-    xc = xc < -104.0f ? -104.0f : xc;
+    float xc = x < 88.8f ? x : 88.8f;          /* NaN: 88.8 here, selected back below */
+    xc = xc > -104.0f ? xc : -104.0f;
     float n = xc * 1.44269504088896341f + 12582912.0f; /* + 1.5 * 2^23 rounds to an integer */
     n = n - 12582912.0f;
     float r = xc - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    p = __builtin_fmaf(p, r, 1.3981999507e-3f);
+    p = __builtin_fmaf(p, r, 8.3334519073e-3f);
+    p = __builtin_fmaf(p, r, 4.1665795894e-2f);
+    p = __builtin_fmaf(p, r, 1.6666665459e-1f);
+    p = __builtin_fmaf(p, r, 5.0000001201e-1f);
     float y = p * (r * r) + r + 1.0f;
     int ni = (int)n;
     int h = ni / 2;
@@ -75,14 +76,14 @@ static inline float pg_logf(float x) {
     float f = lo ? m + m - 1.0f : m - 1.0f;
     float z = f * f;
     float p = 7.0376836292e-2f;
-    p = p * f - 1.1514610310e-1f;
-    p = p * f + 1.1676998740e-1f;
-    p = p * f - 1.2420140846e-1f;
-    p = p * f + 1.4249322787e-1f;
-    p = p * f - 1.6668057665e-1f;
-    p = p * f + 2.0000714765e-1f;
-    p = p * f - 2.4999993993e-1f;
-    p = p * f + 3.3333331174e-1f;
+    p = __builtin_fmaf(p, f, -1.1514610310e-1f);
+    p = __builtin_fmaf(p, f, 1.1676998740e-1f);
+    p = __builtin_fmaf(p, f, -1.2420140846e-1f);
+    p = __builtin_fmaf(p, f, 1.4249322787e-1f);
+    p = __builtin_fmaf(p, f, -1.6668057665e-1f);
+    p = __builtin_fmaf(p, f, 2.0000714765e-1f);
+    p = __builtin_fmaf(p, f, -2.4999993993e-1f);
+    p = __builtin_fmaf(p, f, 3.3333331174e-1f);
     float y = p * f * z;
     float fe = (float)e;
     y = y + fe * -2.12194440e-4f;
@@ -100,10 +101,10 @@ static inline float pg_tanhf(float x) {
     float ax = x < 0.0f ? -x : x;
     float z = x * x;
     float p = -5.70498872745e-3f;
-    p = p * z + 2.06390887954e-2f;
-    p = p * z - 5.37397155531e-2f;
-    p = p * z + 1.33314422036e-1f;
-    p = p * z - 3.33332819422e-1f;
+    p = __builtin_fmaf(p, z, 2.06390887954e-2f);
+    p = __builtin_fmaf(p, z, -5.37397155531e-2f);
+    p = __builtin_fmaf(p, z, 1.33314422036e-1f);
+    p = __builtin_fmaf(p, z, -3.33332819422e-1f);
     float small = p * z * x + x;
     small = x == 0.0f ? x : small; /* keeps the sign of zero */
     float big = 1.0f - 2.0f / (pg_expf(ax + ax) + 1.0f);
@@ -126,15 +127,15 @@ static inline float pg_gelu_tanhf(float x) {
 static inline float pg_erfc_pos(float z) {
     float t = 1.0f / (1.0f + 0.5f * z);
     float p = 0.17087277f;
-    p = p * t - 0.82215223f;
-    p = p * t + 1.48851587f;
-    p = p * t - 1.13520398f;
-    p = p * t + 0.27886807f;
-    p = p * t - 0.18628806f;
-    p = p * t + 0.09678418f;
-    p = p * t + 0.37409196f;
-    p = p * t + 1.00002368f;
-    p = p * t - 1.26551223f;
+    p = __builtin_fmaf(p, t, -0.82215223f);
+    p = __builtin_fmaf(p, t, 1.48851587f);
+    p = __builtin_fmaf(p, t, -1.13520398f);
+    p = __builtin_fmaf(p, t, 0.27886807f);
+    p = __builtin_fmaf(p, t, -0.18628806f);
+    p = __builtin_fmaf(p, t, 0.09678418f);
+    p = __builtin_fmaf(p, t, 0.37409196f);
+    p = __builtin_fmaf(p, t, 1.00002368f);
+    p = __builtin_fmaf(p, t, -1.26551223f);
     return t * pg_expf(p - z * z);
 }
 

@@ -99,10 +99,11 @@ uint64_t kir_units(const kir_kernel_t *k);
 
 /* Float sums, products, max and min fold in KIR_LANES interleaved lanes: element j of the
  * innermost reduced axis goes to lane j % KIR_LANES (each lane in C order), and the lanes combine
- * pairwise, (0 1)(2 3)(4 5)(6 7) then ((01)(23))((45)(67)), then the two halves. A loop in that
- * shape vectorizes without reassociating anything, and the interpreter folds the same way
- * (kernels/ref/reduce.c), so both give the same bits. */
-#define KIR_LANES 8
+ * pairwise, (0 1)(2 3)... then ((0 1)(2 3))... up to one value. A loop in that shape vectorizes
+ * without reassociating anything, and the interpreter folds the same way (kernels/ref/reduce.c),
+ * so both give the same bits. 16 lanes of double are two AVX-512 registers: enough independent
+ * accumulators to hide the add latency. */
+#define KIR_LANES 16
 
 /*
  * Renders k as a self-contained C11 translation unit defining

@@ -478,13 +478,12 @@ static void rc_loop_elementwise(rc_buf_t *b, const kir_kernel_t *k) {
 
 /* Folds float x into float accumulator acc as op does. max and min ignore NaN here (a flag
  * remembers it), which keeps the select vectorizable. */
-static void rc_fold_f(char *out, size_t cap, prim_t op, const char *acc, const char *x) {
+static int rc_fold_f(char *out, size_t cap, prim_t op, const char *acc, const char *x) {
     if (op == PRIM_sum)
-        snprintf(out, cap, "%s + %s", acc, x);
-    else if (op == PRIM_prod)
-        snprintf(out, cap, "%s * %s", acc, x);
-    else
-        snprintf(out, cap, "%s %s %s ? %s : %s", x, op == PRIM_max ? ">" : "<", acc, x, acc);
+        return snprintf(out, cap, "%s + %s", acc, x);
+    if (op == PRIM_prod)
+        return snprintf(out, cap, "%s * %s", acc, x);
+    return snprintf(out, cap, "%s %s %s ? %s : %s", x, op == PRIM_max ? ">" : "<", acc, x, acc);
 }
 
 /* Emits a fold made by rc_emit_fold (a format with one %s per line after the first). */
@@ -559,7 +558,8 @@ static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_
         int nl = rc_open_loops(b, k, red, dl, indent);
         char acc[32];
         snprintf(acc, sizeof(acc), "acc%d[l]", s);
-        rc_fold_f(e, sizeof(e), op, acc, "x");
+        if (rc_fold_f(e, sizeof(e), op, acc, "x") < 0)
+            b->oom = true;
         if (extreme)
             snprintf(fold, sizeof(fold), "const %s x = %s;\n%%s%s = %s;\n%%snan%d |= x != x;\n",
                      at, x, acc, e, s);
@@ -610,7 +610,8 @@ static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_
         for (int w = 1, level = 0; w < KIR_LANES; w *= 2, level++) {
             for (int l = 0; l + w < KIR_LANES; l += 2 * w) {
                 snprintf(u, sizeof(u), "c%d_%d_%d", s, level, l);
-                rc_fold_f(e, sizeof(e), op, t[l], t[l + w]);
+                if (rc_fold_f(e, sizeof(e), op, t[l], t[l + w]) < 0)
+                    b->oom = true;
                 if (op == PRIM_sum || op == PRIM_prod)
                     snprintf(e, sizeof(e), "%s %s %s", t[l], op == PRIM_sum ? "+" : "*", t[l + w]);
                 rc_printf(b, "%sconst %s %s = %s;\n", indent, at, u, e);

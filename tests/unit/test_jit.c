@@ -281,8 +281,10 @@ TEST_IMPL(sum_axis1) {
         double lane[KIR_LANES] = {0};
         for (int j = 0; j < 13; j++)
             lane[j % KIR_LANES] += x[i * 13 + j] * x[i * 13 + j];
-        double acc = ((lane[0] + lane[1]) + (lane[2] + lane[3])) +
-                     ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+        for (int w = 1; w < KIR_LANES; w *= 2)
+            for (int l = 0; l + w < KIR_LANES; l += 2 * w)
+                lane[l] += lane[l + w];
+        double acc = lane[0];
         ASSERT(memcmp(&out[i], &acc, 8) == 0);
     }
     free(k);
