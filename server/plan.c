@@ -443,6 +443,15 @@ char *plan_explain_text(const plan_t *p, const graph_t *g) {
         sb_printf(&b, "  step %-3d %s  %s -> %%%d %s %s\n", (int)s, kind_word(p, st),
                   p->kern[s].name, (int)st->node, proto_dtype_name(n->dtype),
                   graph_shape_str(sh, sizeof(sh), n->rank, n->shape));
+        if (k->inplace) {
+            int32_t j = st->kin_node[k->inplace - 1];
+            sb_printf(&b, "           in place over %%%d (%s): writes its result into that "
+                      "buffer%s\n", (int)j, graph_prim_name(g->nodes[j].op),
+                      g->nodes[j].op == PRIM_matmul ? ", the matmul's epilogue" : "");
+        }
+        if (k->nstages > 1)
+            sb_printf(&b, "           %d stages per row (axes %d..%d): the reductions it reads "
+                      "back run inside it\n", k->nstages, k->row, k->rank - 1);
         sb_printf(&b, "           fuses:");
         for (int32_t q = 0; q < st->nmembers; q++)
             sb_printf(&b, " %%%d %s", (int)st->members[q],
@@ -470,8 +479,17 @@ char *plan_explain_text(const plan_t *p, const graph_t *g) {
     for (int32_t s = 0; s < fp->nsteps; s++) {
         if (fp->steps[s].kind != FUSE_STEP_KERNEL)
             continue;
-        sb_printf(&b, "-- %s (step %d) --\n%s\n", p->kern[s].name, (int)s,
-                  p->kern[s].src ? p->kern[s].src : "(no source)");
+        /* The helpers every kernel carries (pg_f2i32, kernels/pg_math.h, ...) are the same
+         * 200 lines each time: the text shows the kernel's own comment and loop, the reply's
+         * `kernels` list has the whole file. */
+        const char *src = p->kern[s].src ? p->kern[s].src : "(no source)";
+        const char *head_end = strstr(src, " */\n"), *fn = strstr(src, "\nvoid pg_k_");
+        if (head_end && fn && fn > head_end)
+            sb_printf(&b, "-- %s (step %d) --\n%.*s\n/* ... helpers and kernels/pg_math.h "
+                      "(in the reply's kernel source) ... */\n%s\n", p->kern[s].name, (int)s,
+                      (int)(head_end + 3 - src), src, fn + 1);
+        else
+            sb_printf(&b, "-- %s (step %d) --\n%s\n", p->kern[s].name, (int)s, src);
     }
     pg_free(where);
     if (b.failed) {

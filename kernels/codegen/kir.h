@@ -80,6 +80,10 @@ typedef struct {
      * how a reduction broadcast back into its consumer (softmax, layer_norm) stays in one kernel.
      * The last stage writes the row (elementwise) or folds it into one output (reduce, with
      * reduced[] marking exactly the row axes). Plain kernels have nstages == 1. */
+    int inplace;                       /* 1 + an input that is read from the output buffer
+                                        * itself, which the executor fills with that input's
+                                        * values first (an elementwise epilogue written over
+                                        * its input); 0: none */
     int nstages;
     int row;
     kir_stage_t stage[KIR_MAX_STAGES];
@@ -94,7 +98,8 @@ typedef void (*kir_fn_t)(void *const *bufs, int64_t start, int64_t end);
 /* Output elements of a kernel (product of the non-reduced iteration dims). */
 uint64_t kir_out_numel(const kir_kernel_t *k);
 
-/* Units that kir_fn_t's [start, end) counts: rows of a staged kernel, else output elements. */
+/* Units that kir_fn_t's [start, end) counts: rows of a staged kernel, (output, block) pairs of
+ * a split reduction, else output elements. */
 uint64_t kir_units(const kir_kernel_t *k);
 
 /* Float sums, products, max and min fold in KIR_LANES interleaved lanes: element j of the
@@ -104,6 +109,23 @@ uint64_t kir_units(const kir_kernel_t *k);
  * so both give the same bits. 16 lanes of double are two AVX-512 registers: enough independent
  * accumulators to hide the add latency. */
 #define KIR_LANES 16
+
+/* A float fold whose innermost reduced axis is longer than KIR_FOLD_BLOCK runs block by block
+ * along it (blocks of KIR_FOLD_BLOCK elements, each folded in lanes as above), and the blocks'
+ * values combine in order. The blocks are what several threads can share when a reduction has
+ * few outputs (a loss, a full sum): see kir_split_blocks. */
+#define KIR_FOLD_BLOCK 32768
+
+/* Blocks of a fold over an innermost axis of n elements (1: no blocks). */
+static inline int64_t kir_fold_blocks(int64_t n) {
+    return n > KIR_FOLD_BLOCK ? (n + KIR_FOLD_BLOCK - 1) / KIR_FOLD_BLOCK : 1;
+}
+
+/* For a plain (one-stage) float reduction with blocks: the blocks per output that the compiled
+ * function computes as separate units, each writing its block's value as a double to bufs[0]
+ * (unit u: output u / blocks, block u % blocks); the executor then combines them in order and
+ * rounds to the output. 0 when the kernel folds whole outputs itself. */
+int64_t kir_split_blocks(const kir_kernel_t *k);
 
 /*
  * Renders k as a self-contained C11 translation unit defining

@@ -293,12 +293,18 @@ static void rc_value_expr(char *out, size_t cap, const kir_kernel_t *k, int j,
     const kir_val_t *v = &k->vals[j];
     char x[64], y[64], e[RC_EXPR_MAX];
     switch (v->kind) {
-    case KIR_LOAD:
-        if (k->in[v->input].dtype == PG_BOOL) /* any nonzero byte reads as true */
-            snprintf(out, cap, "(uint8_t)(in%d[%s] != 0)", v->input, idx[v->input]);
+    case KIR_LOAD: {
+        char buf[16];
+        if (k->inplace == v->input + 1)
+            snprintf(buf, sizeof(buf), "out");
         else
-            snprintf(out, cap, "in%d[%s]", v->input, idx[v->input]);
+            snprintf(buf, sizeof(buf), "in%d", v->input);
+        if (k->in[v->input].dtype == PG_BOOL) /* any nonzero byte reads as true */
+            snprintf(out, cap, "(uint8_t)(%s[%s] != 0)", buf, idx[v->input]);
+        else
+            snprintf(out, cap, "%s[%s]", buf, idx[v->input]);
         return;
+    }
     case KIR_CONST:
         rc_double_lit(x, sizeof(x), v->value);
         rc_convert(out, cap, true, v->dtype, x);
@@ -357,7 +363,23 @@ uint64_t kir_out_numel(const kir_kernel_t *k) {
 
 static bool rc_staged(const kir_kernel_t *k) { return k->nstages > 1; }
 
+int64_t kir_split_blocks(const kir_kernel_t *k) {
+    prim_t op = k->reduce;
+    if (rc_staged(k) || k->nvals < 1 || !rc_is_float(k->vals[k->nvals - 1].dtype) ||
+        (op != PRIM_sum && op != PRIM_prod && op != PRIM_max && op != PRIM_min))
+        return 0;
+    int dl = -1;
+    for (int d = 0; d < k->rank; d++)
+        if (k->reduced[d])
+            dl = d;
+    int64_t nb = dl >= 0 ? kir_fold_blocks(k->shape[dl]) : 1;
+    return nb > 1 ? nb : 0;
+}
+
 uint64_t kir_units(const kir_kernel_t *k) {
+    int64_t nb = kir_split_blocks(k);
+    if (nb > 0)
+        return kir_out_numel(k) * (uint64_t)nb;
     if (!rc_staged(k))
         return kir_out_numel(k);
     uint64_t n = 1;
@@ -529,7 +551,8 @@ static void rc_close_loops(rc_buf_t *b, int n, char *indent) {
  */
 static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_MAX],
                          const bool *red, int vb, int ve, prim_t op, pg_dtype_t dt, int s,
-                         const bool *varies, const char *ind0, const char *store) {
+                         const bool *varies, const char *ind0, const char *store,
+                         const char *part) {
     pg_dtype_t rdt = k->vals[ve - 1].dtype;
     bool logical = op == PRIM_any || op == PRIM_all;
     bool fdom = !logical && rc_is_float(rdt);
@@ -548,8 +571,21 @@ static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_
         const char *init = op == PRIM_sum ? "0.0" : op == PRIM_prod ? "1.0"
                            : op == PRIM_max ? "-INFINITY" : "INFINITY";
         const char *at = extreme ? rc_ctype(rdt) : "double";
+        int64_t n = dl >= 0 ? k->shape[dl] : 1, nb = kir_fold_blocks(n);
+        bool blocks = dl >= 0 && (nb > 1 || part);
+        char tot[32], p[32];
+        snprintf(tot, sizeof(tot), "tot%d", s);
         if (extreme)
             rc_printf(b, "%sint nan%d = 0;\n", indent, s);
+        if (blocks && !part) { /* every block of the row here, one after the other */
+            rc_printf(b, "%s%s %s = %s;\n", indent, at, tot, init);
+            rc_printf(b, "%sfor (int64_t blk = 0; blk < %" PRId64 "; blk++) {\n", indent, nb);
+            strcat(indent, "    ");
+        }
+        if (blocks)
+            rc_printf(b, "%sconst int64_t lo = blk * %d, len = %" PRId64 " - lo < %d ? %" PRId64
+                         " - lo : %d, full = len / %d * %d;\n", indent, KIR_FOLD_BLOCK, n,
+                      KIR_FOLD_BLOCK, n, KIR_FOLD_BLOCK, KIR_LANES, KIR_LANES);
         rc_printf(b, "%s%s acc%d[%d] = {", indent, at, s, KIR_LANES);
         for (int l = 0; l < KIR_LANES; l++)
             rc_printf(b, "%s%s", l ? ", " : "", init);
@@ -575,20 +611,31 @@ static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_
             indent[strlen(indent) - 4] = '\0';
             rc_printf(b, "%s}\n", indent);
         } else {
-            /* Full groups of lanes, then the tail (lane l is still index % KIR_LANES). */
-            int64_t n = k->shape[dl], full = n / KIR_LANES * KIR_LANES;
-            for (int part = 0; part < 2; part++) {
-                if (part == 0 && full == 0)
+            /* Full groups of lanes, then the tail (lane l is still index % KIR_LANES: blocks
+             * start at multiples of KIR_LANES). Without blocks the bounds are constants. */
+            int64_t full = n / KIR_LANES * KIR_LANES;
+            for (int half = 0; half < 2; half++) {
+                if (!blocks && half == 0 && full == 0)
                     continue;
-                if (part == 1 && full == n)
+                if (!blocks && half == 1 && full == n)
                     continue;
                 /* unroll 1: gcc would unroll the lane loop and then fail to vectorize it */
-                if (part == 0)
+                if (half == 0 && blocks)
+                    rc_printf(b, "%sfor (int64_t g = 0; g < full; g += %d) {\n"
+                                 "%s    _Pragma(\"GCC unroll 1\")\n"
+                                 "%s    for (int l = 0; l < %d; l++) {\n"
+                                 "%s        const int64_t i%d = lo + g + l;\n",
+                              indent, KIR_LANES, indent, indent, KIR_LANES, indent, dl);
+                else if (half == 0)
                     rc_printf(b, "%sfor (int64_t g = 0; g < %" PRId64 "; g += %d) {\n"
                                  "%s    _Pragma(\"GCC unroll 1\")\n"
                                  "%s    for (int l = 0; l < %d; l++) {\n"
                                  "%s        const int64_t i%d = g + l;\n",
                               indent, full, KIR_LANES, indent, indent, KIR_LANES, indent, dl);
+                else if (blocks)
+                    rc_printf(b, "%s{\n%s    for (int l = 0; l < len - full; l++) {\n"
+                                 "%s        const int64_t i%d = lo + full + l;\n",
+                              indent, indent, indent, dl);
                 else
                     rc_printf(b, "%s{\n%s    for (int l = 0; l < %d; l++) {\n"
                                  "%s        const int64_t i%d = %" PRId64 " + l;\n",
@@ -618,11 +665,29 @@ static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_
                 snprintf(t[l], sizeof(t[l]), "%s", u);
             }
         }
+        snprintf(p, sizeof(p), "%s", t[0]);
+        if (part) { /* one block (`blk`): its value, for the executor to combine (kir.h) */
+            if (extreme)
+                rc_printf(b, "%s%s = nan%d ? (double)NAN : (double)%s;\n", indent, part, s, p);
+            else
+                rc_printf(b, "%s%s = %s;\n", indent, part, p);
+            return;
+        }
+        if (blocks) { /* blocks combine in order */
+            if (rc_fold_f(e, sizeof(e), op, tot, p) < 0)
+                b->oom = true;
+            if (op == PRIM_sum || op == PRIM_prod)
+                snprintf(e, sizeof(e), "%s %s %s", tot, op == PRIM_sum ? "+" : "*", p);
+            rc_printf(b, "%s%s = blk == 0 ? %s : %s;\n", indent, tot, p, e);
+            indent[strlen(indent) - 4] = '\0';
+            rc_printf(b, "%s}\n", indent);
+            snprintf(p, sizeof(p), "%s", tot);
+        }
         char st[RC_EXPR_MAX], r[128];
         if (extreme)
-            snprintf(r, sizeof(r), "nan%d ? (double)NAN : (double)%s", s, t[0]);
+            snprintf(r, sizeof(r), "nan%d ? (double)NAN : (double)%s", s, p);
         else
-            snprintf(r, sizeof(r), "%s", t[0]);
+            snprintf(r, sizeof(r), "%s", p);
         rc_convert(st, sizeof(st), true, dt, r);
         rc_printf(b, "%sconst %s a%d = %s;\n", indent, rc_ctype(dt), s, st);
         return;
@@ -677,11 +742,22 @@ static void rc_loop_reduce(rc_buf_t *b, const kir_kernel_t *k, const bool *varie
     for (int n = 0; n < k->nin; n++)
         for (int d = 0; d < k->rank; d++)
             need[d] |= kept[d] && k->in[n].strides[d] != 0;
+    int64_t nb = kir_split_blocks(k);
+    if (nb > 0) { /* one unit per (output, block): the executor combines the blocks */
+        rc_printf(b, "    for (int64_t u = start; u < end; u++) {\n"
+                     "        const int64_t o = u / %" PRId64 ", blk = u %% %" PRId64 ";\n", nb, nb);
+        rc_unflatten(b, k, "o", kept, need, "        ");
+        rc_bases(b, k, idx, kept, red);
+        rc_emit_fold(b, k, idx, red, 0, k->nvals, k->reduce, k->out_dtype, 0, varies,
+                     "        ", NULL, "part[u]");
+        rc_printf(b, "    }\n");
+        return;
+    }
     rc_printf(b, "    for (int64_t o = start; o < end; o++) {\n");
     rc_unflatten(b, k, "o", kept, need, "        ");
     rc_bases(b, k, idx, kept, red);
     rc_emit_fold(b, k, idx, red, 0, k->nvals, k->reduce, k->out_dtype, 0, varies, "        ",
-                 NULL);
+                 NULL, NULL);
     rc_printf(b, "        out[o] = a0;\n    }\n");
 }
 
@@ -781,7 +857,7 @@ static void rc_loop_staged(rc_buf_t *b, const kir_kernel_t *k, const bool *varie
         if (st->reduce != PRIM_COUNT) {
             bool here = keep_src >= vb && keep_src < st->end;
             rc_emit_fold(b, k, idx, red, vb, st->end, st->reduce, st->dtype, s, varies,
-                         "        ", here ? store : NULL);
+                         "        ", here ? store : NULL, NULL);
             continue;
         }
         char indent[64] = "        ";
@@ -855,6 +931,9 @@ static void rc_comment(rc_buf_t *b, const kir_kernel_t *k) {
     }
     rc_printf(b, " -> %" PRIu64 " %s outputs\n", kir_out_numel(k),
               proto_dtype_name(k->out_dtype) ? proto_dtype_name(k->out_dtype) : "?");
+    if (k->inplace)
+        rc_printf(b, " * in place: in%d is read from the output buffer, which holds it\n",
+                  k->inplace - 1);
     if (rc_staged(k))
         rc_printf(b, " * %d stages per row of axes %d..%d\n", k->nstages, k->row, k->rank - 1);
     for (int n = 0; n < k->nin; n++) {
@@ -926,6 +1005,12 @@ static bool rc_valid(const kir_kernel_t *k) {
                 if (k->reduced[d] != (d >= k->row))
                     return false;
     }
+    /* In place: an elementwise, one-stage kernel whose input lines up with the output. */
+    if (k->inplace != 0 &&
+        (k->inplace < 0 || k->inplace > k->nin || rc_staged(k) || rc_has_reduce(k) ||
+         !rc_is_contiguous(k, &k->in[k->inplace - 1]) || k->in[k->inplace - 1].off != 0 ||
+         k->in[k->inplace - 1].dtype != k->out_dtype))
+        return false;
     for (int j = 0, s = 0; j < k->nvals; j++) {
         const kir_val_t *v = &k->vals[j];
         int begin = 0; /* the first value of j's stage: operands come from the same stage */
@@ -958,8 +1043,11 @@ char *kir_render_c(const kir_kernel_t *k, char *name, size_t name_cap) {
     rc_comment(&b, k);
     rc_printf(&b, "%s\n%s\n", rc_prelude, pg_math_text);
     rc_printf(&b, "void " RC_PLACEHOLDER "(void *const *bufs, int64_t start, int64_t end) {\n");
-    rc_printf(&b, "    %s *restrict out = (%s *)bufs[0];\n", rc_ctype(k->out_dtype),
-              rc_ctype(k->out_dtype));
+    if (kir_split_blocks(k) > 0)
+        rc_printf(&b, "    double *restrict part = (double *)bufs[0];\n");
+    else
+        rc_printf(&b, "    %s *restrict out = (%s *)bufs[0];\n", rc_ctype(k->out_dtype),
+                  rc_ctype(k->out_dtype));
     for (int n = 0; n < k->nin; n++) {
         const char *t = rc_ctype(k->in[n].dtype);
         rc_printf(&b, "    const %s *restrict in%d = (const %s *)bufs[%d];\n", t, n, t, n + 1);

@@ -105,27 +105,43 @@ static void reduce_chunk(void *arg, uint64_t begin, uint64_t end) {
                                      : acc || ref__ld_b(xd, dt, inner.off[0]);
             ref__st_i(od, odt, (int64_t)j, acc);
         } else if (is_float) {
-            /* KIR_LANES interleaved lanes along the innermost reduced axis, combined pairwise
-             * (kernels/codegen/kir.h): the order a vectorized kernel folds in. */
+            /* Blocks of KIR_FOLD_BLOCK along the innermost reduced axis, each in KIR_LANES
+             * interleaved lanes combined pairwise, the blocks' values combined in order
+             * (kernels/codegen/kir.h): the order in which a compiled kernel folds. */
             double init = op == PRIM_sum ? 0.0 : op == PRIM_prod ? 1.0
                           : op == PRIM_max ? -INFINITY : INFINITY;
-            double acc[KIR_LANES];
-            for (int l = 0; l < KIR_LANES; l++)
-                acc[l] = init;
-            uint64_t inner_len = c->rrank ? (uint64_t)c->rshape[c->rrank - 1] : 1;
+            int64_t n = c->rrank ? c->rshape[c->rrank - 1] : 1, nb = kir_fold_blocks(n);
+            int64_t step = c->rrank ? c->rstrides[c->rrank - 1] : 0;
+            int64_t bshape[PROTO_MAX_RANK];
+            memcpy(bshape, c->rshape, sizeof(bshape));
             bool nan = false;
-            for (uint64_t k = 0, at = 0; k < c->rlen; k++, ref__iter_next(&inner)) {
-                int l = (int)(at % KIR_LANES);
-                double v = ref__ld_f(xd, dt, inner.off[0]);
-                acc[l] = fold_f(op, acc[l], v);
-                nan |= v != v;
-                at = at + 1 == inner_len ? 0 : at + 1;
+            double tot = init;
+            for (int64_t blk = 0; blk < nb; blk++) {
+                int64_t lo = blk * KIR_FOLD_BLOCK;
+                if (c->rrank)
+                    bshape[c->rrank - 1] = n - lo < KIR_FOLD_BLOCK ? n - lo : KIR_FOLD_BLOCK;
+                uint64_t blen = 1, inner_len = c->rrank ? (uint64_t)bshape[c->rrank - 1] : 1;
+                for (int d = 0; d < c->rrank; d++)
+                    blen *= (uint64_t)bshape[d];
+                ref__iter_init(&inner, c->rrank, bshape);
+                ref__iter_add(&inner, outer.off[0] + lo * step, c->rstrides);
+                double acc[KIR_LANES];
+                for (int l = 0; l < KIR_LANES; l++)
+                    acc[l] = init;
+                for (uint64_t k = 0, at = 0; k < blen; k++, ref__iter_next(&inner)) {
+                    int l = (int)(at % KIR_LANES);
+                    double v = ref__ld_f(xd, dt, inner.off[0]);
+                    acc[l] = fold_f(op, acc[l], v);
+                    nan |= v != v;
+                    at = at + 1 == inner_len ? 0 : at + 1;
+                }
+                for (int w = 1; w < KIR_LANES; w *= 2)
+                    for (int l = 0; l + w < KIR_LANES; l += 2 * w)
+                        acc[l] = fold_f(op, acc[l], acc[l + w]);
+                tot = blk == 0 ? acc[0] : fold_f(op, tot, acc[0]);
             }
-            for (int w = 1; w < KIR_LANES; w *= 2)
-                for (int l = 0; l + w < KIR_LANES; l += 2 * w)
-                    acc[l] = fold_f(op, acc[l], acc[l + w]);
             bool extreme = op == PRIM_max || op == PRIM_min;
-            ref__st_f(od, odt, (int64_t)j, extreme && nan ? (double)NAN : acc[0]);
+            ref__st_f(od, odt, (int64_t)j, extreme && nan ? (double)NAN : tot);
         } else {
             uint64_t acc = op == PRIM_prod ? 1 : 0;
             for (uint64_t k = 0; k < c->rlen; k++, ref__iter_next(&inner)) {

@@ -760,6 +760,36 @@ int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, 
         fuse_step_t *st = &fp->steps[step_of[c.group[j]]];
         st->members[st->nmembers++] = j;
     }
+    /* In-place kernels: an elementwise kernel that is the last reader of a buffer laid out
+     * exactly like its output writes its result over it. That is how the bias and activation
+     * after a matmul (or a conv2d's) become one pass over the product, still in cache from the
+     * BLAS call, with no second buffer to fault in. Leaves are never overwritten (they are
+     * session tensors); the executor also checks that nothing else holds the buffer. */
+    for (int32_t s = 0; s < fp->nsteps; s++) {
+        fuse_step_t *st = &fp->steps[s];
+        kir_kernel_t *kk = st->kernel;
+        if (st->kind != FUSE_STEP_KERNEL || kk->nstages > 1 || kk->reduce != PRIM_COUNT)
+            continue;
+        for (int q = 0; q < kk->nin && !kk->inplace; q++) {
+            int32_t j = st->kin_node[q];
+            const gnode_t *jn = &g->nodes[j];
+            bool alone = true;
+            for (int q2 = 0; q2 < kk->nin; q2++)
+                alone &= q2 == q || st->kin_node[q2] != j;
+            int64_t stride = 1;
+            bool identity = kk->in[q].off == 0;
+            for (int d = kk->rank - 1; d >= 0; d--) {
+                identity &= kk->shape[d] == 1 || kk->in[q].strides[d] == stride;
+                stride *= kk->shape[d];
+            }
+            const gnode_t *on = &g->nodes[st->node];
+            if (alone && identity && last[j] == s && !c.is_out[j] &&
+                graph_prim_kind(jn->op) != PK_LEAF && jn->dtype == kk->out_dtype &&
+                jn->rank == on->rank && !memcmp(jn->shape, on->shape, sizeof(on->shape)))
+                kk->inplace = q + 1;
+        }
+    }
+
     /* Release lists: a value goes after its last reader, unless it is an output. */
     for (int32_t s = 0; s < fp->nsteps; s++) {
         fuse_step_t *st = &fp->steps[s];
