@@ -20,20 +20,37 @@
 
 #include <string.h>
 
-/* Hashes what makes node n the value it is (inputs already canonical). */
+/* Mixes 8 bytes into h (one multiply per word: the attributes are ~450 bytes per node, and
+ * byte-at-a-time hashing was a third of a small cached run's time). */
+static uint64_t mix(uint64_t h, uint64_t w) {
+    h ^= w + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    return h * 0xff51afd7ed558ccdull;
+}
+
+static uint64_t mix_bytes(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    uint64_t w;
+    for (; n >= 8; n -= 8, b += 8) {
+        memcpy(&w, b, 8);
+        h = mix(h, w);
+    }
+    w = 0;
+    memcpy(&w, b, n);
+    return mix(h, w);
+}
+
+/* Hashes what makes node n the value it is (inputs already canonical). Only the attribute
+ * bytes up to the fields an op uses matter for equality, but hashing them all is simpler and
+ * still exact (node_equal decides). */
 static uint64_t node_hash(const gnode_t *n) {
     uint64_t h = 0xcbf29ce484222325ull;
-    const uint8_t *parts[] = {(const uint8_t *)&n->op, (const uint8_t *)&n->dtype,
-                              (const uint8_t *)&n->rank, (const uint8_t *)n->shape,
-                              (const uint8_t *)&n->a, (const uint8_t *)&n->nin,
-                              (const uint8_t *)&n->tensor, (const uint8_t *)&n->weak};
-    const size_t sizes[] = {sizeof(n->op), sizeof(n->dtype), sizeof(n->rank), sizeof(n->shape),
-                            sizeof(n->a), sizeof(n->nin), sizeof(n->tensor), sizeof(n->weak)};
-    for (size_t p = 0; p < sizeof(sizes) / sizeof(sizes[0]); p++)
-        for (size_t i = 0; i < sizes[p]; i++)
-            h = (h ^ parts[p][i]) * 0x100000001b3ull;
+    h = mix(h, (uint64_t)n->op | (uint64_t)n->dtype << 16 | (uint64_t)(uint32_t)n->rank << 32);
+    h = mix(h, (uint64_t)(uint32_t)n->nin | (uint64_t)n->weak << 32);
+    h = mix(h, (uint64_t)(uintptr_t)n->tensor);
+    h = mix_bytes(h, n->shape, sizeof(n->shape));
+    h = mix_bytes(h, &n->a, sizeof(n->a));
     for (int32_t k = 0; k < n->nin; k++)
-        h = (h ^ (uint64_t)(uint32_t)n->in[k]) * 0x100000001b3ull;
+        h = mix(h, (uint64_t)(uint32_t)n->in[k]);
     return h;
 }
 

@@ -1533,10 +1533,10 @@ int lower_graph(graph_t *g, const sess_t *sess, const msgpack_object *nodes, int
         }
         proto_quote(opname, sizeof(opname), op->via.str.ptr, op->via.str.size);
         int r = -1;
-        for (size_t k = 0; k < sizeof(rules) / sizeof(rules[0]); k++)
-            if (strlen(rules[k].name) == op->via.str.size &&
+        for (size_t k = 0; k < sizeof(rules) / sizeof(rules[0]) && r < 0; k++)
+            if (strnlen(rules[k].name, op->via.str.size + 1) == op->via.str.size &&
                 !memcmp(rules[k].name, op->via.str.ptr, op->via.str.size))
-                r = (int)k;
+                r = (int)k; /* names are unique: the loop stops here */
         if (r < 0) {
             rc = proto_fail(err, PG_EUNKNOWN_OP, "node %u: unknown op '%s'", i, opname);
             goto out;
