@@ -164,6 +164,24 @@ void stats_count(int op, int code);
 /* Packs the "ops", "errors" maps and "requests" key/value pairs (3 map entries). */
 int stats_pack_counters(msgpack_packer *pk);
 
+/* XX(name): the phases of a `run` whose time is kept, in order (run.c measures them). prepare:
+ * reading the request, lowering and the graph passes; plan: the schedule (plan cache lookup, or
+ * building and compiling a plan); execute: the steps and the outputs' materialization. */
+#define STATS_RUN_PHASE_MAP(XX) XX(prepare) XX(plan) XX(execute)
+
+typedef enum {
+#define XX(name) STATS_RUN_##name,
+    STATS_RUN_PHASE_MAP(XX)
+#undef XX
+    STATS_RUN_PHASE_COUNT
+} stats_run_phase_t;
+
+/* Counts one `run` request (failed ones too) that took total_ns on its worker, of which
+ * phase_ns[i] in phase i (a failed run: in the phases up to the one that failed). Any thread. */
+void stats_count_run(const uint64_t phase_ns[STATS_RUN_PHASE_COUNT], uint64_t total_ns);
+/* Packs the "runs" key and its map: count, seconds and <phase>_seconds (1 map entry). */
+int stats_pack_runs(msgpack_packer *pk);
+
 /* The daemon, for signal and timer callbacks. */
 extern daemon_t *g_daemon;
 

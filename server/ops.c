@@ -132,7 +132,7 @@ int ops_ping(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
 
 int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     (void)err;
-    proto_pack_reply_head(pk, 2 + 13, true, r->id, true);
+    proto_pack_reply_head(pk, 2 + 14, true, r->id, true);
     key(pk, "sessions");
     msgpack_pack_uint64(pk, d->nconns);
     key(pk, "tensors");
@@ -166,6 +166,7 @@ int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     msgpack_pack_uint64(pk, misses);
     key(pk, "compile_seconds");
     msgpack_pack_double(pk, js.compile_seconds);
+    stats_pack_runs(pk); /* time of `run` requests on their workers */
     key(pk, "uptime_seconds");
     msgpack_pack_double(pk, (double)(uv_hrtime() - d->start_ns) / 1e9);
     key(pk, "session");

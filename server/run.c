@@ -14,6 +14,9 @@
  * it every needed node is one interpreter step. Both give the same results; the interpreter is
  * the oracle the compiled path is tested against (tests/integration/test_compiler.py).
  *
+ * Every run's time on its worker, split into prepare (read the request, lower, passes), plan and
+ * execute, is added to the "runs" counters of `stats` (stats.c), failed runs included.
+ *
  * `explain` (also here: it shares the request decoding) plans a graph without running it.
  */
 #include "../kernels/cpu/jit.h"
@@ -25,7 +28,9 @@
 #include "mem.h"
 #include "passes/fuse.h"
 #include "passes/cse.h"
+#include "passes/fold.h"
 #include "passes/lower.h"
+#include "passes/views.h"
 #include "plan.h"
 
 #include <string.h>
@@ -119,7 +124,9 @@ static int prepare(req_t *r, prep_t *p, proto_err_t *err) {
     }
     if (cse_graph(&p->g, p->out_id, no) != 0)
         return proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to deduplicate the graph");
-    return 0;
+    if ((rc = views_graph(&p->g, p->out_id, no, p->map, nw, err)) != 0)
+        return rc;
+    return fold_graph(&p->g, p->out_id, no, p->map, nw, err);
 }
 
 /* =============================================================================================
@@ -134,6 +141,44 @@ typedef struct {
 static void kernel_chunk(void *arg, uint64_t begin, uint64_t end) {
     const kctx_t *c = arg;
     c->fn(c->bufs, (int64_t)begin, (int64_t)end);
+}
+
+/* Runs a reduction split into blocks (kir.h kir_split_blocks): one unit per (output, block) on
+ * the threads, then each output folds its blocks' values in order, as the interpreter does
+ * (kernels/ref/reduce.c), and rounds once to the output's dtype. */
+static int run_split(const kir_kernel_t *k, kir_fn_t fn, void **bufs, tensor_t *out, int64_t nb,
+                     proto_err_t *err) {
+    uint64_t nout = kir_out_numel(k), units = nout * (uint64_t)nb, iter = 1;
+    for (int d = 0; d < k->rank; d++)
+        iter *= (uint64_t)k->shape[d];
+    double *part = pg_calloc_array(units, sizeof(double));
+    if (!part)
+        return proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for %llu partial results",
+                          (unsigned long long)units);
+    bufs[0] = part;
+    kctx_t c = {fn, bufs};
+    ref__parallel_for(units, iter / units ? iter / units : 1, kernel_chunk, &c);
+    bool extreme = k->reduce == PRIM_max || k->reduce == PRIM_min;
+    for (uint64_t o = 0; o < nout; o++) {
+        const double *p = &part[o * (uint64_t)nb];
+        double tot = p[0];
+        bool nan = p[0] != p[0];
+        for (int64_t b = 1; b < nb; b++) {
+            double x = p[b];
+            nan |= x != x;
+            if (k->reduce == PRIM_sum)
+                tot = tot + x;
+            else if (k->reduce == PRIM_prod)
+                tot = tot * x;
+            else if (k->reduce == PRIM_max)
+                tot = x > tot ? x : tot;
+            else
+                tot = x < tot ? x : tot;
+        }
+        ref__st_f(out->data, out->dtype, (int64_t)o, extreme && nan ? (double)NAN : tot);
+    }
+    pg_free(part);
+    return 0;
 }
 
 /* Runs kernel step st: hands its inputs over as contiguous buffers (materializing views, and
@@ -189,7 +234,22 @@ static int run_kernel(const graph_t *g, const fuse_step_t *st, kir_fn_t fn, ref_
     }
     if (numel == 0)
         return 0;
-    out->t = tensor_new(n->dtype, n->rank, n->shape, n->numel);
+    /* In place (fuse.c): the kernel reads input inplace - 1 from its output buffer. That is
+     * the input's own buffer when this run is its only owner (a view of it elsewhere in the
+     * graph, or a session handle, must not see the change), else a copy of it. */
+    tensor_t *src = NULL;
+    if (k->inplace) {
+        src = vals[st->kin_node[k->inplace - 1]].t;
+        if (!src || src->numel != n->numel || src->dtype != n->dtype)
+            return proto_fail(err, PG_EINTERNAL, "kernel %d: the in-place input is not the "
+                              "buffer planned", (int)st->node);
+        if (atomic_load(&src->refs) == 1)
+            out->t = tensor_ref(src);
+    }
+    if (!out->t)
+        out->t = tensor_new(n->dtype, n->rank, n->shape, n->numel);
+    if (out->t && src && out->t != src)
+        memcpy(out->t->data, src->data, n->numel * proto_dtype_size(n->dtype));
     if (!out->t)
         return proto_fail(err, PG_EOUT_OF_MEMORY,
                           "node %d (%s): no memory for a %llu-byte result (%llu of %llu bytes in "
@@ -198,6 +258,9 @@ static int run_kernel(const graph_t *g, const fuse_step_t *st, kir_fn_t fn, ref_
                           (unsigned long long)(n->numel * proto_dtype_size(n->dtype)),
                           (unsigned long long)mem_in_use(), (unsigned long long)mem_limit());
     bufs[0] = out->t->data;
+    int64_t nb = kir_split_blocks(k);
+    if (nb > 0)
+        return run_split(k, fn, bufs, out->t, nb, err);
     uint64_t iter = 1;
     for (int d = 0; d < k->rank; d++)
         iter *= (uint64_t)k->shape[d];
@@ -228,7 +291,19 @@ static void log_plan(const plan_t *plan, const graph_t *g) {
     pg_free(text);
 }
 
+/* Ends the current phase of a run for the "runs" counters of `stats`: adds the time since *mark
+ * to phase_ns[*phase], moves *mark to now and *phase to the next phase (the phases are timed back
+ * to back; STATS_RUN_PHASE_COUNT after the last). */
+static void run_lap(uint64_t *phase_ns, int *phase, uint64_t *mark) {
+    uint64_t now = uv_hrtime();
+    phase_ns[*phase] += now - *mark;
+    *mark = now;
+    (*phase)++;
+}
+
 int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
+    uint64_t start = uv_hrtime(), mark = start, phase_ns[STATS_RUN_PHASE_COUNT] = {0};
+    int phase = STATS_RUN_prepare;
     prep_t p;
     int rc = prepare(r, &p, err);
     graph_t *g = &p.g;
@@ -241,6 +316,7 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     uint32_t added = 0;
     if (rc != 0)
         goto out;
+    run_lap(phase_ns, &phase, &mark); /* prepare */
     res = pg_calloc_array(no, sizeof(tensor_t *));
     handles = pg_calloc_array(no, sizeof(uint64_t));
     vals = pg_calloc_array(g->n ? (size_t)g->n : 1, sizeof(ref_view_t));
@@ -269,6 +345,7 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
             goto out;
         fp = &local;
     }
+    run_lap(phase_ns, &phase, &mark); /* plan */
 
     /* Each step reads earlier steps' values; a value is released after its last reader, so the
      * memory a run holds at once is its live set, not its whole graph. */
@@ -292,6 +369,7 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     for (uint32_t k = 0; k < no; k++)
         if ((rc = ref_materialize(&vals[p.out_id[k]], &res[k], err)) != 0)
             goto out;
+    run_lap(phase_ns, &phase, &mark); /* execute */
 
     /* Commit: only now does the session change. */
     for (uint32_t k = 0; k < no; k++) {
@@ -311,6 +389,8 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     added = 0; /* the handles are the client's now */
 
 out:
+    if (phase < STATS_RUN_PHASE_COUNT)
+        run_lap(phase_ns, &phase, &mark); /* the phase an error cut short */
     for (uint32_t k = 0; k < added; k++)
         if (p.keep[k])
             sess_remove(r->sess, handles[k]);
@@ -326,6 +406,7 @@ out:
     pg_free(handles);
     pg_free(res);
     prep_free(&p);
+    stats_count_run(phase_ns, uv_hrtime() - start);
     return rc;
 }
 

@@ -225,7 +225,12 @@ static int32_t cast(lctx_t *c, int32_t x, pg_dtype_t dt) {
     double v;
     if (fold_cast(N(x), dt, &v)) {
         gattr_t f = {.value = v};
-        return graph_add(c->g, PRIM_full, NULL, 0, &f, dt, 0, NULL, NULL, c->err);
+        bool weak = N(x)->weak; /* a Python number stays one: a learning rate cast to float32
+                                 * is still read at run time, not baked into kernels */
+        int32_t id = graph_add(c->g, PRIM_full, NULL, 0, &f, dt, 0, NULL, NULL, c->err);
+        if (id >= 0)
+            N(id)->weak = weak;
+        return id;
     }
     gattr_t a = {.dtype = dt};
     return prim(c, PRIM_cast, &x, 1, &a);

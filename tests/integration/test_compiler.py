@@ -280,6 +280,7 @@ def test_differential_random_graphs(daemon_factory, tmp_path):
     st = cj.stats()
     assert st["kernels"]["compiled"] > 0 and st["plans"]["misses"] > 0
     assert time.monotonic() - start < 120
+    assert_all_compiled(jit)
 
 
 def test_fused_float_ops_bitwise(daemon_factory, tmp_path):
@@ -299,6 +300,178 @@ def test_fused_float_ops_bitwise(daemon_factory, tmp_path):
         results.append([decode(o) for o in r["outputs"]])
     for a, b in zip(*results):
         assert_same(a, b, "softmax/gelu/layer_norm/mean")
+
+
+def assert_all_compiled(daemon):
+    """Every plan of the daemon ran as compiled kernels: a kernel that fails to render or
+    compile makes the daemon interpret the graph instead, which would pass any comparison."""
+    log = daemon.log_path.read_text(errors="replace")
+    assert "interpreting this graph" not in log, log[-2000:]
+
+
+def row_patterns(x, w, b, dims):
+    """Wire nodes of row-wise patterns on input node 0 (shape of x), reducing over `dims`
+    (trailing or not); w and b are input nodes 1 and 2 with the trailing shape. Returns
+    (nodes, outputs, names)."""
+    last = dims[-1]
+    nodes = [{"op": "input"}, {"op": "input"}, {"op": "input"}]
+    outs, names = [], []
+
+    def add(node, name=None):
+        nodes.append(node)
+        if name:
+            outs.append(len(nodes) - 1)
+            names.append(name)
+        return len(nodes) - 1
+
+    add({"op": "softmax", "in": [0], "dim": last}, "softmax")
+    add({"op": "log_softmax", "in": [0], "dim": last}, "log_softmax")
+    add({"op": "logsumexp", "in": [0], "dims": dims}, "logsumexp")
+    add({"op": "var", "in": [0], "dims": dims, "keepdim": True}, "var")
+    mu = add({"op": "mean", "in": [0], "dims": dims, "keepdim": True})
+    xc = add({"op": "sub", "in": [0, mu]}, "x - mean")
+    ms = add({"op": "mean", "in": [add({"op": "mul", "in": [0, 0]})], "dims": dims,
+              "keepdim": True})
+    r = add({"op": "rsqrt", "in": [add({"op": "add", "in": [ms, ms]})]})
+    add({"op": "mul", "in": [0, r]}, "rms norm")
+    mx = add({"op": "max", "in": [0], "dims": dims, "keepdim": True})
+    add({"op": "sum", "in": [add({"op": "exp", "in": [add({"op": "sub", "in": [0, mx]})]})],
+         "dims": dims}, "sum exp(x - max)")
+    add({"op": "mul", "in": [xc, add({"op": "sum", "in": [xc], "dims": dims,
+                                      "keepdim": True})]}, "xc * sum(xc)")
+    if dims == list(range(len(x.shape) - len(w.shape), len(x.shape))):
+        add({"op": "layer_norm", "in": [0, 1, 2], "normalized_shape": list(w.shape)},
+            "layer_norm")
+    return nodes, outs, names
+
+
+def test_row_kernels_bitwise(daemon_factory, tmp_path):
+    """Reductions broadcast back into their consumers (softmax, layer_norm, variance, ...) run
+    as staged kernels (passes/stitch.c) and agree bit for bit with the interpreter, on random
+    shapes, over trailing and non-trailing axes, in float32 and float64, NaN rows included."""
+    jit = jit_daemon(daemon_factory, tmp_path)
+    ref = daemon_factory(extra_args=["--jit", "off"], name="ref")
+    cj, cr = picograd.connect(jit.unix_url), picograd.connect(ref.unix_url)
+    rng = np.random.default_rng(11)
+    cases = 0
+    for trial in range(24):
+        rank = int(rng.integers(2, 5))
+        shape = [int(rng.integers(1, 9)) for _ in range(rank)]
+        shape[-1] = int(rng.choice([1, 3, 8, 13, 64, 100]))
+        k = int(rng.integers(1, rank))
+        dims = list(range(rank - k, rank)) if trial % 4 else sorted(
+            int(d) for d in rng.choice(rank, size=k, replace=False))
+        dt = np.float32 if trial % 3 else np.float64
+        x = (rng.standard_normal(shape) * 4).astype(dt)
+        if trial % 5 == 0:
+            x.flat[int(rng.integers(0, x.size))] = np.nan
+        tshape = shape[rank - k:]
+        w = rng.standard_normal(tshape).astype(dt)
+        b = rng.standard_normal(tshape).astype(dt)
+        nodes, outs, names = row_patterns(x, w, b, dims)
+        results = []
+        for c in (cj, cr):
+            hs = [c.put(a) for a in (x, w, b)]
+            nn = [dict(n) for n in nodes]
+            for i, h in enumerate(hs):
+                nn[i]["handle"] = h
+            r = c.call("run", nodes=nn, outputs=[{"node": o, "keep": False} for o in outs])
+            results.append([decode(o) for o in r["outputs"]])
+            for h in hs:
+                c.free(h)
+        for name, a, bb in zip(names, *results):
+            assert_same(a, bb, f"{name}, shape {shape}, dims {dims}, {np.dtype(dt).name}")
+            cases += 1
+    assert cases > 200
+    assert_all_compiled(jit)
+    # softmax over the last axis is one kernel: max, sum of exp, write.
+    h = cj.put(rng.standard_normal((64, 100)).astype(np.float32))
+    text = cj.call("explain", nodes=[{"op": "input", "handle": h},
+                                     {"op": "softmax", "in": [0], "dim": 1}],
+                   outputs=[{"node": 1, "keep": False}])
+    assert "1 fused kernels" in str(text), text
+
+
+def test_long_reductions_in_blocks_bitwise(daemon_factory, tmp_path):
+    """Reductions along an axis longer than a fold block (32768) run as (output, block) units
+    on several threads and combine the blocks in order: the same bits as the interpreter, for
+    full sums of elementwise chains (a loss), axis reductions, strided axes and staged rows."""
+    jit = jit_daemon(daemon_factory, tmp_path)
+    ref = daemon_factory(extra_args=["--jit", "off"], name="ref")
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(100003).astype(np.float32)
+    b = rng.standard_normal(100003).astype(np.float32)
+    m = rng.standard_normal((3, 70001)).astype(np.float32)
+    m[2, 5] = np.nan
+    d = rng.standard_normal(70001)
+    nodes = [{"op": "input"}, {"op": "input"}, {"op": "input"}, {"op": "input"},
+             {"op": "mul", "in": [0, 1]},                       # 4
+             {"op": "sum", "in": [4]},                          # 5: full sum of a chain
+             {"op": "max", "in": [0]},                          # 6
+             {"op": "sum", "in": [2], "dims": [1]},             # 7: rows, one with NaN
+             {"op": "max", "in": [2], "dims": [1]},             # 8
+             {"op": "min", "in": [2], "dims": [1]},             # 9
+             {"op": "permute", "in": [2], "dims": [1, 0]},      # 10
+             {"op": "sum", "in": [10], "dims": [0]},            # 11: strided axis
+             {"op": "sum", "in": [3]},                          # 12: float64
+             {"op": "softmax", "in": [2], "dim": 1},            # 13: staged rows in blocks
+             {"op": "mean", "in": [0]}]                         # 14
+    outs = [5, 6, 7, 8, 9, 11, 12, 13, 14]
+    results = []
+    for dmn in (jit, ref):
+        c = picograd.connect(dmn.unix_url)
+        nn = [dict(n) for n in nodes]
+        for i, arr in enumerate((a, b, m, d)):
+            nn[i]["handle"] = c.put(arr)
+        r = c.call("run", nodes=nn, outputs=[{"node": o, "keep": False} for o in outs])
+        results.append([decode(o) for o in r["outputs"]])
+    for k, (got, want) in enumerate(zip(*results)):
+        assert_same(got, want, f"output {outs[k]}")
+    np.testing.assert_allclose(results[0][0], (a.astype(np.float64) * b).sum(), rtol=1e-5)
+    np.testing.assert_allclose(results[0][1], a.max())
+    np.testing.assert_allclose(results[0][5], m.astype(np.float64).sum(axis=1), rtol=1e-5)
+    assert_all_compiled(jit)
+
+
+def test_matmul_epilogue_in_place(daemon_factory, tmp_path):
+    """bias + activation after a matmul run as one kernel written over the product (in place),
+    bit for bit like the interpreter; a product that is also an output, or is read again
+    later, is never overwritten."""
+    jit = jit_daemon(daemon_factory, tmp_path)
+    ref = daemon_factory(extra_args=["--jit", "off"], name="ref")
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((96, 40)).astype(np.float32)
+    w = rng.standard_normal((72, 40)).astype(np.float32)
+    b = rng.standard_normal(72).astype(np.float32)
+    base = [{"op": "input"}, {"op": "input"}, {"op": "input"},
+            {"op": "linear", "in": [0, 1, 2]}, {"op": "relu", "in": [3]}]
+    graphs = {
+        "epilogue": (base, [4]),
+        "product is an output too": (base, [3, 4]),
+        "product read again": (base + [{"op": "mul", "in": [3, 4]}], [5]),
+    }
+    for what, (nodes, outs) in graphs.items():
+        results, texts = [], []
+        for d in (jit, ref):
+            c = picograd.connect(d.unix_url)
+            nn = [dict(n) for n in nodes]
+            for i, arr in enumerate((a, w, b)):
+                nn[i]["handle"] = c.put(arr)
+            outputs = [{"node": o, "keep": False} for o in outs]
+            r = c.call("run", nodes=nn, outputs=outputs)
+            results.append([decode(o) for o in r["outputs"]])
+            texts.append(c.call("explain", nodes=nn, outputs=outputs)["text"])
+        for got, want in zip(*results):
+            assert_same(got, want, what)
+        lin = a @ w.T + b
+        want = {"epilogue": [np.maximum(lin, 0)],
+                "product is an output too": [lin, np.maximum(lin, 0)],
+                "product read again": [lin * np.maximum(lin, 0)]}[what]
+        for got, wv in zip(results[0], want):
+            np.testing.assert_allclose(got, wv, rtol=1e-4, atol=1e-4, err_msg=what)
+        if what == "epilogue":
+            assert "matmul's epilogue" in texts[0], texts[0]
+    assert_all_compiled(jit)
 
 
 def test_reductions_of_buffers_and_views_bitwise(daemon_factory, tmp_path):
@@ -416,6 +589,57 @@ def test_cache_repeat_restart_and_corrupt(daemon_factory, tmp_path):
     np.testing.assert_allclose(r, want, rtol=1e-6)
     s4 = c.stats()
     assert s4["kernels"]["compiled"] >= 1
+    c.close()
+
+
+RUN_PHASES = ("prepare_seconds", "plan_seconds", "execute_seconds")
+
+
+@pytest.mark.parametrize("jit", ["on", "off"])
+def test_stats_run_times(daemon_factory, tmp_path, jit):
+    """`stats` keeps the count and time of runs: 0 on a fresh daemon, +1 and more time per run
+    (failed ones too), and the prepare/plan/execute phases never add up to more than the total."""
+    if jit == "on":
+        d = jit_daemon(daemon_factory, tmp_path)
+    else:
+        d = daemon_factory(extra_args=["--jit", "off"])
+    c = picograd.connect(d.unix_url)
+    runs = c.stats()["runs"]
+    assert set(runs) == {"count", "seconds", *RUN_PHASES}, runs
+    assert runs["count"] == 0 and runs["seconds"] == 0, runs
+    assert all(runs[k] == 0 for k in RUN_PHASES), runs
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+    h = c.put(x)
+    out = [{"node": 4, "keep": False}]
+    prev = c.stats()
+    assert prev["runs"] == runs, "put or stats counted as a run"
+    for i in range(4):
+        if i < 3:
+            c.call("run", nodes=simple_graph(h), outputs=out)
+        else:  # a failed run counts too
+            with pytest.raises(picograd.PicogradError) as e:
+                c.call("run", nodes=simple_graph(h + 1000), outputs=out)
+            assert e.value.code == "unknown_handle"
+        st = c.stats()
+        a, b = prev["runs"], st["runs"]
+        delta = {k: b[k] - a[k] for k in b}
+        assert delta["count"] == 1, (i, a, b)
+        assert delta["seconds"] > 0, (i, a, b)
+        assert all(delta[k] >= 0 for k in RUN_PHASES), (i, a, b)
+        assert sum(delta[k] for k in RUN_PHASES) <= delta["seconds"] + 1e-9, (i, a, b)
+        assert delta["prepare_seconds"] > 0, (i, a, b)
+        if i < 3:  # a successful run goes through every phase
+            assert delta["plan_seconds"] > 0 and delta["execute_seconds"] > 0, (i, a, b)
+        else:  # lowering failed: the run never got to plan or execute
+            assert delta["plan_seconds"] == 0 and delta["execute_seconds"] == 0, (a, b)
+        if i == 0 and jit == "on":  # the first run compiles its kernel while planning
+            compiled = st["compile_seconds"] - prev["compile_seconds"]
+            assert compiled > 0 and delta["plan_seconds"] >= compiled - 1e-6, (a, b)
+        prev = st
+    b = prev["runs"]
+    assert b["count"] == 4
+    assert sum(b[k] for k in RUN_PHASES) <= b["seconds"] + 1e-9, b
     c.close()
 
 

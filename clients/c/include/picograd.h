@@ -60,14 +60,20 @@ typedef struct {
 
 /* Daemon counters returned by pg_stats(). */
 typedef struct {
-    uint64_t sessions;        /* open sessions, all clients */
-    uint64_t tensors;         /* live tensors, all sessions */
-    uint64_t bytes_in_use;    /* bytes reserved against the daemon's memory budget */
-    uint64_t bytes_peak;      /* the most ever reserved */
-    uint64_t max_memory;      /* the budget */
-    uint64_t requests;        /* requests answered since start */
-    uint64_t session_tensors; /* this session's tensors */
-    uint64_t session_bytes;   /* this session's tensor bytes */
+    uint64_t sessions;          /* open sessions, all clients */
+    uint64_t tensors;           /* live tensors, all sessions */
+    uint64_t bytes_in_use;      /* bytes reserved against the daemon's memory budget */
+    uint64_t bytes_peak;        /* the most ever reserved */
+    uint64_t max_memory;        /* the budget */
+    uint64_t requests;          /* requests answered since start */
+    uint64_t session_tensors;   /* this session's tensors */
+    uint64_t session_bytes;     /* this session's tensor bytes */
+    uint64_t runs;              /* `run` requests executed since start, failed ones included (0,
+                                 * like all run_*, when the daemon does not report them) */
+    double run_seconds;         /* their time on the daemon's workers (PROTOCOL.md `stats`) */
+    double run_prepare_seconds; /* of which lowering the request's graph */
+    double run_plan_seconds;    /* of which the plan cache lookup, or a plan's build and compile */
+    double run_execute_seconds; /* of which the steps and the outputs */
 } pg_stats_t;
 
 /* Connects to url ("unix:///path" or "tcp://host:port"; NULL: $PICOGRAD_URL, then the default

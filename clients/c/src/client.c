@@ -420,6 +420,7 @@ int pg_stats(pg_conn_t *c, pg_stats_t *out) {
         return rc;
     proto_err_t perr;
     const msgpack_object *s = proto_find(r.map, "session");
+    const msgpack_object *runs = proto_find(r.map, "runs"); /* older daemons: runs stay 0 */
     memset(out, 0, sizeof(*out));
     if (proto_get_uint(r.map, "sessions", &out->sessions, &perr) ||
         proto_get_uint(r.map, "tensors", &out->tensors, &perr) ||
@@ -428,7 +429,12 @@ int pg_stats(pg_conn_t *c, pg_stats_t *out) {
         proto_get_uint(r.map, "max_memory", &out->max_memory, &perr) ||
         proto_get_uint(r.map, "requests", &out->requests, &perr) ||
         proto_get_uint(s, "tensors", &out->session_tensors, &perr) ||
-        proto_get_uint(s, "bytes", &out->session_bytes, &perr))
+        proto_get_uint(s, "bytes", &out->session_bytes, &perr) ||
+        (runs && (proto_get_uint(runs, "count", &out->runs, &perr) ||
+                  proto_get_number(runs, "seconds", &out->run_seconds, &perr) ||
+                  proto_get_number(runs, "prepare_seconds", &out->run_prepare_seconds, &perr) ||
+                  proto_get_number(runs, "plan_seconds", &out->run_plan_seconds, &perr) ||
+                  proto_get_number(runs, "execute_seconds", &out->run_execute_seconds, &perr))))
         rc = pg__set_err(&c->err, PG_EINTERNAL, "stats reply: %s", perr.message);
     pg__reply_free(&r);
     return rc;
