@@ -14,6 +14,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 #define CHUNKS_PER_THREAD 4 /* smaller chunks than threads even out uneven rows */
 
@@ -24,7 +25,8 @@ static struct {
     pthread_cond_t done;           /* the caller waits here for pending to reach 0 */
     uint64_t gen;                  /* bumped for each job */
     bool quit;                     /* workers exit when they see it */
-    int pending;                   /* workers still inside the current job */
+    atomic_int pending;            /* workers still inside the current job */
+    atomic_uint_fast64_t gen_pub;  /* gen, readable without the lock (for spinning) */
     int nworkers;                  /* threads started (the caller makes one more) */
     pthread_t threads[REF_MAX_THREADS];
     /* The current job, written under `lock` before gen is bumped. */
@@ -39,6 +41,40 @@ static struct {
     .wake = PTHREAD_COND_INITIALIZER,
     .done = PTHREAD_COND_INITIALIZER,
 };
+
+/* How long a thread spins before it sleeps on a condition variable. */
+#define SPIN_NS 100000
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Spins for at most SPIN_NS while *v == value. */
+static void spin_while_equal(atomic_uint_fast64_t *v, uint64_t value) {
+    uint64_t start = now_ns();
+    for (unsigned i = 1; atomic_load_explicit(v, memory_order_acquire) == value; i++) {
+        cpu_relax();
+        if (i % 256 == 0 && now_ns() - start > SPIN_NS)
+            return;
+    }
+}
+
+static void spin_while_nonzero(atomic_int *v) {
+    uint64_t start = now_ns();
+    for (unsigned i = 1; atomic_load_explicit(v, memory_order_acquire) != 0; i++) {
+        cpu_relax();
+        if (i % 256 == 0 && now_ns() - start > SPIN_NS)
+            return;
+    }
+}
 
 /* Takes and runs chunks of the current job until none are left. */
 static void run_chunks(ref__chunk_fn fn, void *ctx, uint64_t n, uint64_t nchunks) {
@@ -60,6 +96,13 @@ static void *worker_main(void *arg) {
     uint64_t seen = (uint64_t)(uintptr_t)arg;
     pthread_mutex_lock(&pool.lock);
     for (;;) {
+        if (pool.gen == seen && !pool.quit) {
+            /* A graph's kernels come one after another: wait for the next job spinning for a
+             * moment first, since waking a sleeping thread costs tens of microseconds. */
+            pthread_mutex_unlock(&pool.lock);
+            spin_while_equal(&pool.gen_pub, seen);
+            pthread_mutex_lock(&pool.lock);
+        }
         while (pool.gen == seen && !pool.quit)
             pthread_cond_wait(&pool.wake, &pool.lock);
         if (pool.quit)
@@ -71,7 +114,7 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&pool.lock);
         run_chunks(fn, ctx, n, nchunks);
         pthread_mutex_lock(&pool.lock);
-        if (--pool.pending == 0)
+        if (atomic_fetch_sub(&pool.pending, 1) == 1)
             pthread_cond_signal(&pool.done);
     }
     pthread_mutex_unlock(&pool.lock);
@@ -128,15 +171,17 @@ void ref__parallel_for(uint64_t n, uint64_t cost, ref__chunk_fn fn, void *ctx) {
     pool.n = n;
     pool.nchunks = nchunks;
     atomic_store(&pool.next, 0);
-    pool.pending = pool.nworkers;
+    atomic_store(&pool.pending, pool.nworkers);
     pool.gen++;
+    atomic_store(&pool.gen_pub, pool.gen);
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
 
     run_chunks(fn, ctx, n, nchunks);
 
+    spin_while_nonzero(&pool.pending);
     pthread_mutex_lock(&pool.lock);
-    while (pool.pending > 0)
+    while (atomic_load(&pool.pending) > 0)
         pthread_cond_wait(&pool.done, &pool.lock);
     pthread_mutex_unlock(&pool.lock);
     pthread_mutex_unlock(&pool.busy);

@@ -1141,7 +1141,10 @@ static int32_t softmax(lctx_t *c, int32_t x, int64_t dim, bool log) {
     }
     TRY(e = prim1(c, PRIM_exp, e));
     TRY(s = reduce(c, PRIM_sum, e, &dim, 1, true));
-    return binary(c, PRIM_div, e, s);
+    /* One reciprocal per row and a multiply per element, as PyTorch's kernel does: a division
+     * per element costs more than the rest of the row's arithmetic. */
+    TRY(s = prim1(c, PRIM_reciprocal, s));
+    return binary(c, PRIM_mul, e, s);
 }
 
 static int32_t r_softmax(lctx_t *c) {
