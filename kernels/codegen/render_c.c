@@ -262,8 +262,8 @@ static const char *rc_fast_f32(prim_t op) {
 }
 
 /*
- * float32 + - * / sqrt (and neg, abs, square, reciprocal) written in float: for these IEEE
- * operations, computing in double and rounding once to float gives exactly the float result
+ * float32 + - * / sqrt (and neg, abs, square, reciprocal, and the selects relu, maximum,
+ * minimum) written in float: for these IEEE operations, computing in double and rounding once to float gives exactly the float result
  * (double has more than twice float's precision), so this is the interpreter's arithmetic, at
  * twice the vector width. Returns false for any other op.
  */
@@ -278,6 +278,14 @@ static bool rc_float_f32(char *out, size_t cap, prim_t op, int a, int b) {
     case PRIM_square: snprintf(out, cap, "v%d * v%d", a, a); return true;
     case PRIM_reciprocal: snprintf(out, cap, "1.0f / v%d", a); return true;
     case PRIM_sqrt: snprintf(out, cap, "__builtin_sqrtf(v%d)", a); return true;
+    case PRIM_relu: /* NaN stays NaN, as in torch */
+        snprintf(out, cap, "v%d != v%d ? v%d : (v%d > 0.0f ? v%d : 0.0f)", a, a, a, a, a);
+        return true;
+    case PRIM_maximum:
+    case PRIM_minimum:
+        snprintf(out, cap, "(v%d != v%d || v%d != v%d) ? v%d + v%d : (v%d %s v%d ? v%d : v%d)", a,
+                 a, b, b, a, b, a, op == PRIM_maximum ? ">" : "<", b, a, b);
+        return true;
     default: return false;
     }
 }
