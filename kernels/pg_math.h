@@ -43,19 +43,19 @@ static inline unsigned int pg_f_to_bits(float f) {
 static inline float pg_expf(float x) {
     float xc = x < 88.8f ? x : 88.8f;          /* NaN: 88.8 here, selected back below */
     xc = xc > -104.0f ? xc : -104.0f;
-    float n = xc * 1.44269504088896341f + 12582912.0f; /* + 1.5 * 2^23 rounds to an integer */
-    n = n - 12582912.0f;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+    /* + 1.5 * 2^23 rounds to an integer (exactly: the fma rounds once) */
+    float n = __builtin_fmaf(xc, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
+    float r = __builtin_fmaf(n, -0.693359375f, xc);
+    r = __builtin_fmaf(n, 2.12194440e-4f, r);
     float p = 1.9875691500e-4f;
     p = __builtin_fmaf(p, r, 1.3981999507e-3f);
     p = __builtin_fmaf(p, r, 8.3334519073e-3f);
     p = __builtin_fmaf(p, r, 4.1665795894e-2f);
     p = __builtin_fmaf(p, r, 1.6666665459e-1f);
     p = __builtin_fmaf(p, r, 5.0000001201e-1f);
-    float y = p * (r * r) + r + 1.0f;
+    float y = __builtin_fmaf(p, r * r, r) + 1.0f;
     int ni = (int)n;
-    int h = ni / 2;
+    int h = ni >> 1; /* floor(n / 2): gcc and clang shift negative ints arithmetically */
     float s1 = pg_bits_to_f((unsigned int)(h + 127) << 23);
     float s2 = pg_bits_to_f((unsigned int)(ni - h + 127) << 23);
     y = y * s1 * s2;

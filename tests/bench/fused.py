@@ -17,7 +17,10 @@ What it does, in one run:
    the cold compile time per kernel of that graph.
 4. Times each benchmark beside numpy, PyTorch eager (``torch.set_num_threads(2)``) and, for 1 and
    2, the C loop, in rounds that run every side once in a rotating order, so that a slow spell of
-   a shared machine hits all sides alike. The median of the rounds is reported:
+   a shared machine hits all sides alike. OpenMP threads (PyTorch's, the C loop's) sleep as
+   soon as a call ends (OMP_WAIT_POLICY=PASSIVE, set by the script unless already set): with
+   libgomp's default they spin for ~10 ms of CPU after every call, which on 2 cores halves the
+   CPUs of whatever side runs next. The median of the rounds is reported:
 
    1. ``(relu(a*b+c)*d).sum()`` on 4M float32, picograd timed as ``.item()`` (one round trip);
    2. ``softmax(x, dim=1)`` on 4096x1024 float32, picograd timed as ``pg.realize(y)``: the
@@ -54,6 +57,9 @@ import sys
 import tempfile
 import time
 import traceback
+
+# Before numpy, torch or the C loop load libgomp (see the docstring, point 4).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 
