@@ -790,18 +790,19 @@ static bool rc_equiv(const kir_kernel_t *k, int i, int j) {
            (x->c < 0 || rc_equiv(k, x->c, y->c));
 }
 
-/* True when computing value j involves a transcendental function or a division. */
-static bool rc_costly(const kir_kernel_t *k, int j) {
+/* True when computing value j per element involves a transcendental function or a division
+ * (values that do not vary along the row are computed once per row anyway). */
+static bool rc_costly(const kir_kernel_t *k, const bool *varies, int j) {
     const kir_val_t *v = &k->vals[j];
-    if (v->kind != KIR_OP)
+    if (v->kind != KIR_OP || !varies[j])
         return false;
     switch (v->prim) {
     case PRIM_exp: case PRIM_log: case PRIM_sin: case PRIM_cos: case PRIM_tanh: case PRIM_pow:
     case PRIM_sigmoid: case PRIM_gelu: case PRIM_gelu_tanh: case PRIM_silu: case PRIM_div:
         return true;
     default:
-        return rc_costly(k, v->a) || (v->b >= 0 && rc_costly(k, v->b)) ||
-               (v->c >= 0 && rc_costly(k, v->c));
+        return rc_costly(k, varies, v->a) || (v->b >= 0 && rc_costly(k, varies, v->b)) ||
+               (v->c >= 0 && rc_costly(k, varies, v->c));
     }
 }
 
@@ -812,7 +813,7 @@ static void rc_find_kept(const kir_kernel_t *k, const bool *varies, int *dst, in
     if (k->stage[last].reduce != PRIM_COUNT)
         return;
     for (int j = k->nvals - 1; j >= fb; j--) {
-        if (!varies[j] || k->vals[j].dtype != k->out_dtype || !rc_costly(k, j))
+        if (!varies[j] || k->vals[j].dtype != k->out_dtype || !rc_costly(k, varies, j))
             continue;
         for (int i = 0; i < fb; i++)
             if (varies[i] && rc_equiv(k, j, i)) {
