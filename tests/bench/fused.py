@@ -20,7 +20,9 @@ What it does, in one run:
    a shared machine hits all sides alike. OpenMP threads (PyTorch's, the C loop's) sleep as
    soon as a call ends (OMP_WAIT_POLICY=PASSIVE, set by the script unless already set): with
    libgomp's default they spin for ~10 ms of CPU after every call, which on 2 cores halves the
-   CPUs of whatever side runs next. The median of the rounds is reported:
+   CPUs of whatever side runs next. Every timed call starts with cold caches (64 MiB written
+   first): the host sides share one input array, which would otherwise stay cached from one
+   side to the next while the daemon's copy does not. The median of the rounds is reported:
 
    1. ``(relu(a*b+c)*d).sum()`` on 4M float32, picograd timed as ``.item()`` (one round trip);
    2. ``softmax(x, dim=1)`` on 4096x1024 float32, picograd timed as ``pg.realize(y)``: the
@@ -381,10 +383,22 @@ def make_benches(pg, F, torch, TF, so, host, dev):
     return benches
 
 
+# Every timed call starts with cold caches: numpy, PyTorch and the C loop all read the same host
+# array, so whichever runs right after another would find its 16 MiB input still in the last
+# level cache, while the daemon's copy of it was evicted. Writing a buffer larger than any
+# cache first makes every side read its inputs from memory, as a real workload would.
+_FLUSH = np.zeros(64 << 18, dtype=np.float32)  # 64 MiB
+
+
+def flush_caches():
+    np.add(_FLUSH, 1.0, out=_FLUSH)
+
+
 def run_side(bench, side):
     """One untimed prepare and one timed call; returns (seconds, result)."""
     prepare, timed = bench.sides[side]
     p = prepare() if prepare else None
+    flush_caches()
     t0 = time.perf_counter()
     r = timed(p)
     t1 = time.perf_counter()
