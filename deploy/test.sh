@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # deploy/test.sh - set up if needed, then run every test:
 #   1. C unit tests (ctest): the codec and the C client against a real daemon;
-#   2. Python client unit tests and the integration tests against a real daemon (pytest);
+#   2. Python client unit tests and the integration tests against a real daemon (pytest), then
+#      conformance suites once more with every loop compiled (--jit-min-work 0);
 #   3. the same again on an AddressSanitizer + UndefinedBehaviorSanitizer build (build-asan/),
 #      where LeakSanitizer checks that the daemon exits with nothing leaked.
 #
 #   deploy/test.sh            everything
 #   deploy/test.sh --no-asan  skip step 3 (a quicker local loop)
+#   deploy/test.sh --full-jit every conformance suite compiled in step 2 (not only nn, movement
+#                             and index; ~13 more minutes)
 #
 # Python runs under /usr/bin/python3: Debian's interpreter sees the python3-* packages that
 # setup.sh installs; another python3 on PATH may not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 asan=1
+full_jit=0
 for arg in "$@"; do
     case "$arg" in
     --no-asan) asan=0 ;;
+    --full-jit) full_jit=1 ;;
     *) echo "test.sh: unknown option $arg" >&2; exit 2 ;;
     esac
 done
@@ -29,6 +34,15 @@ echo "== C unit tests (Release)"
 ctest --test-dir build --output-on-failure
 echo "== Python client and integration tests (Release)"
 "$PY" -m pytest -q -p no:cacheprovider clients/python/tests tests/integration
+# Every conformance loop compiled (--jit-min-work 0): a few thousand kernels to compile cold
+# (~13 min on 2 cores), so CI runs the nn, movement and index suites (~1 min) and --full-jit all.
+echo "== Conformance tests with every loop compiled (--jit-min-work 0)"
+if ((full_jit)); then
+    conf=(tests/integration/test_conformance_*.py)
+else
+    conf=(tests/integration/test_conformance_{nn,movement,linalg_index}.py)
+fi
+PICOGRAD_TEST_DAEMON_ARGS="--jit-min-work 0" "$PY" -m pytest -q -p no:cacheprovider "${conf[@]}"
 
 if ((asan)); then
     echo "== ASan + UBSan build"

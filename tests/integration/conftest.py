@@ -29,6 +29,10 @@ if importlib.util.find_spec("picograd") is None:
     sys.path.insert(0, str(REPO_ROOT / "clients" / "python"))
 
 DAEMON_BIN = Path(os.environ.get("PICOGRAD_DAEMON", REPO_ROOT / "build" / "bin" / "picogradd"))
+# Extra arguments for every daemon the tests start, ahead of the test's own (which win where they
+# repeat a flag): deploy/test.sh runs the conformance suites again with "--jit-min-work 0", so
+# that every loop of them runs as a compiled kernel instead of the interpreter.
+DAEMON_ARGS = os.environ.get("PICOGRAD_TEST_DAEMON_ARGS", "").split()
 
 READY_TIMEOUT = 10.0  # seconds for a daemon to log all of its "listening on" lines
 EXIT_TIMEOUT = 15.0   # seconds for a daemon to exit after SIGTERM (covers --shutdown-timeout)
@@ -87,7 +91,7 @@ class Daemon:
         args = [str(DAEMON_BIN)]
         for url in self.listen:
             args += ["--listen", url]
-        args += ["--log-level", "info"] + self.extra_args
+        args += ["--log-level", "info"] + DAEMON_ARGS + self.extra_args
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
