@@ -28,6 +28,8 @@
 
 #include "../../server/graph/graph.h"
 
+#include <string.h>
+
 #define KIR_MAX_INPUTS 16
 #define KIR_MAX_VALS 256
 
@@ -94,6 +96,25 @@ typedef struct {
  * shape (the iteration shape without reduced axes). bufs[0] is the output, bufs[1 + k] input k.
  */
 typedef void (*kir_fn_t)(void *const *bufs, int64_t start, int64_t end);
+
+/* Appends a copy of v to k's values; returns its index or -1 when the kernel is full. Fields
+ * are copied one by one into zeroed storage, so that the kernel's bytes (padding included), and
+ * with them its source and name, depend only on them. */
+static inline int kir_add_val(kir_kernel_t *k, const kir_val_t *v) {
+    if (k->nvals >= KIR_MAX_VALS)
+        return -1;
+    kir_val_t *d = &k->vals[k->nvals];
+    memset(d, 0, sizeof(*d));
+    d->kind = v->kind;
+    d->prim = v->prim;
+    d->dtype = v->dtype;
+    d->a = v->a;
+    d->b = v->b;
+    d->c = v->c;
+    d->input = v->input;
+    d->value = v->value;
+    return k->nvals++;
+}
 
 /* Output elements of a kernel (product of the non-reduced iteration dims). */
 uint64_t kir_out_numel(const kir_kernel_t *k);

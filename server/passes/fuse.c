@@ -310,23 +310,6 @@ static bool apply_view(const gnode_t *m, const vstate_t *x, vstate_t *v) {
     }
 }
 
-/* Appends a value; returns its index or -1 when the kernel is full. Fields are copied one by
- * one into zeroed storage, so that the kernel's bytes (padding included) depend only on them. */
-static int add_val(kir_kernel_t *k, const kir_val_t *v) {
-    if (k->nvals >= KIR_MAX_VALS)
-        return -1;
-    kir_val_t *d = &k->vals[k->nvals];
-    memset(d, 0, sizeof(*d));
-    d->kind = v->kind;
-    d->prim = v->prim;
-    d->dtype = v->dtype;
-    d->a = v->a;
-    d->b = v->b;
-    d->c = v->c;
-    d->input = v->input;
-    d->value = v->value;
-    return k->nvals++;
-}
 
 /* Returns the value that reads operand state *v (a load or a constant), reusing an equal one. */
 static int operand_val(const fctx_t *c, kir_kernel_t *k, int32_t *kin_node, const vstate_t *v,
@@ -339,7 +322,7 @@ static int operand_val(const fctx_t *c, kir_kernel_t *k, int32_t *kin_node, cons
             if (k->vals[i].kind == KIR_CONST && k->vals[i].dtype == dtype &&
                 memcmp(&k->vals[i].value, &nv.value, sizeof(double)) == 0)
                 return i;
-        return add_val(k, &nv);
+        return kir_add_val(k, &nv);
     }
     int in = -1;
     for (int i = 0; i < k->nin; i++)
@@ -363,7 +346,7 @@ static int operand_val(const fctx_t *c, kir_kernel_t *k, int32_t *kin_node, cons
     nv.kind = KIR_LOAD;
     nv.input = in;
     nv.dtype = k->in[in].dtype;
-    return add_val(k, &nv);
+    return kir_add_val(k, &nv);
 }
 
 /* True when every element the affine index of input in reaches lies inside a buffer of numel
@@ -460,7 +443,7 @@ static int compose(fctx_t *c, int32_t root, kir_kernel_t *k, int32_t *kin_node, 
         }
         kir_val_t ov = {.kind = KIR_OP, .prim = n->op, .dtype = n->dtype, .a = ops[0],
                         .b = ops[1], .c = ops[2], .input = -1};
-        int v = add_val(k, &ov);
+        int v = kir_add_val(k, &ov);
         if (v < 0)
             return COMPOSE_RETRY_SMALLER;
         val[m] = v;

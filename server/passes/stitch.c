@@ -113,28 +113,18 @@ static bool val_equal(const kir_val_t *x, const kir_val_t *y) {
            memcmp(&x->value, &y->value, sizeof(double)) == 0;
 }
 
-/* Adds v to the current stage, or returns an equal value already in it. Fields are copied into
- * zeroed storage so that the kernel's bytes depend only on them. */
+/* Adds v to the current stage, or returns an equal value already in it. */
 static int sb_val(sb_t *b, const kir_val_t *v) {
     kir_kernel_t *k = b->k;
     for (int j = b->begin; j < k->nvals; j++)
         if (val_equal(&k->vals[j], v))
             return j;
-    if (k->nvals >= KIR_MAX_VALS) {
+    int j = kir_add_val(k, v);
+    if (j < 0) {
         b->full = true;
         return b->begin;
     }
-    kir_val_t *d = &k->vals[k->nvals];
-    memset(d, 0, sizeof(*d));
-    d->kind = v->kind;
-    d->prim = v->prim;
-    d->dtype = v->dtype;
-    d->a = v->a;
-    d->b = v->b;
-    d->c = v->c;
-    d->input = v->input;
-    d->value = v->value;
-    return k->nvals++;
+    return j;
 }
 
 /* How a source kernel's values map into the one being built. */
