@@ -335,3 +335,92 @@ def test_update_loop_neither_leaks_nor_replans(daemon_factory, tmp_path, jit):
         assert s1["plans"]["misses"] == s0["plans"]["misses"]
         assert s1["kernels"]["compiled"] == s0["kernels"]["compiled"]
     c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) the Python hook: picograd.tensor._commit
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def pgconn(daemon):
+    import picograd as pg
+    c = pg.connect(daemon.unix_url, timeout=60)
+    yield c
+    c.close()
+
+
+def test_commit_assigns_and_outputs(pgconn):
+    import picograd as pg
+    from picograd.tensor import _commit
+    w = pg.tensor([1.0, 2.0, 3.0])
+    b = pg.tensor(0.5)
+    h_w, h_b = w.handle, b.handle
+    loss = ((w * 2 + b) ** 2).sum()
+    # One run: loss from the old values, snapshot of old w, new w and b.
+    out = _commit([(w, w - 0.1 * w), (b, b + 1)], [loss, w])
+    assert out[0] is loss and loss.is_realized
+    np.testing.assert_allclose(loss.item(), ((np.array([1, 2, 3]) * 2 + 0.5) ** 2).sum())
+    snap = out[1]
+    assert snap is not w and snap.handle not in (h_w, h_b)
+    np.testing.assert_allclose(snap.numpy(), [1.0, 2.0, 3.0])
+    assert (w.handle, b.handle) == (h_w, h_b)
+    np.testing.assert_allclose(w.numpy(), [0.9, 1.8, 2.7], rtol=1e-6)
+    assert b.item() == 1.5
+    # keep=False: data only, the old values of targets.
+    arr, = _commit([(w, pg.zeros(3))], [w], keep=False)
+    np.testing.assert_allclose(arr, [0.9, 1.8, 2.7], rtol=1e-6)
+    np.testing.assert_array_equal(w.numpy(), [0, 0, 0])
+    assert _commit([(b, pg.tensor(7.0))]) == []
+    assert b.item() == 7.0
+
+
+def test_commit_refusals_change_nothing(pgconn):
+    import picograd as pg
+    from picograd.tensor import _commit
+    w = pg.tensor([1.0, 2.0])
+    i = pg.tensor([1, 2])
+    with pytest.raises(pg.ShapeError, match="shape"):
+        _commit([(w, pg.ones(3))])
+    with pytest.raises(pg.PicogradError) as ei:
+        _commit([(w, i)])
+    assert ei.value.code == "bad_dtype"
+    with pytest.raises(pg.PicogradError, match="realized"):
+        _commit([(w * 2, w)])
+    with pytest.raises(pg.PicogradError, match="both assign"):
+        _commit([(w, w + 1), (w, w + 2)])
+    # A daemon error at run time: nothing is assigned, and it names the user's line.
+    bad = pg.tensor([1.0, 2.0]).gather(0, pg.tensor([5]))
+    with pytest.raises(pg.PicogradError) as ei:
+        _commit([(w, w * 10)], [bad])
+    assert "out of range" in str(ei.value) and "test_assign.py" in str(ei.value)
+    np.testing.assert_array_equal(w.numpy(), [1.0, 2.0])
+
+
+def test_commit_update_loop_frees_and_hits_plans(pgconn):
+    import gc
+    import picograd as pg
+    from picograd.tensor import _commit
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((32, 4)).astype(np.float32)
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0], np.float32) + 0.25
+    Xt, yt = pg.tensor(X), pg.tensor(y)
+    w, b = pg.tensor(np.zeros(4, np.float32)), pg.tensor(np.zeros((), np.float32))
+    # Gradient of mean((Xw + b - y)^2) written out by hand (no autograd here).
+    def step(lr):
+        r = Xt @ w + b - yt
+        gw = (Xt.T @ r) * (2.0 / 32)
+        gb = r.mean() * 2.0
+        loss, = _commit([(w, w - lr * gw), (b, b - lr * gb)], [(r * r).mean()], keep=False)
+        return float(loss)
+    first = step(0.1)
+    gc.collect()
+    s0 = pgconn.stats()
+    for _ in range(200):
+        last = step(0.1)
+    gc.collect()
+    pg.flush()
+    s1 = pgconn.stats()
+    assert last < first * 1e-3
+    np.testing.assert_allclose(w.numpy(), [1.0, -2.0, 0.5, 3.0], atol=1e-3)
+    assert s1["session"]["tensors"] == s0["session"]["tensors"]
+    assert s1["plans"]["hits"] - s0["plans"]["hits"] == 200
