@@ -1552,6 +1552,10 @@ static const struct {
 #undef XX
 };
 
+int lower_op_count(void) { return (int)(sizeof(rules) / sizeof(rules[0])); }
+
+const char *lower_op_name(int i) { return i >= 0 && i < lower_op_count() ? rules[i].name : NULL; }
+
 /* True when key (len bytes) is one of the space-separated words of list, or "op"/"in". */
 static bool allowed(const char *list, const char *key, size_t len) {
     if ((len == 2 && (!memcmp(key, "op", 2) || !memcmp(key, "in", 2))))

@@ -26,6 +26,11 @@ typedef struct {
 /* Frees the list (a zeroed one too) and leaves it zeroed. */
 void lower_assigns_free(lower_assigns_t *as);
 
+/* The node ops lower_graph accepts (hello's `node_ops`): how many, and the name of op i
+ * (static storage) for 0 <= i < lower_op_count(). */
+int lower_op_count(void);
+const char *lower_op_name(int i);
+
 /*
  * Lowers the request's node array into g: every request node becomes one or more primitive
  * nodes, and map[i] receives the primitive node holding request node i's result (map has
