@@ -54,6 +54,12 @@ def refused(c, nodes, outputs, code, *words):
 # (a) the value
 # ---------------------------------------------------------------------------------------------
 
+def test_hello_lists_node_ops(conn):
+    node_ops = conn.server_info["node_ops"]
+    assert {"input", "const", "add", "matmul", "softmax", "assign"} <= set(node_ops)
+    assert "run" not in node_ops and "assign" not in conn.server_info["ops"]
+
+
 def test_assign_then_get_shows_new_value(conn):
     w = conn.put(np.array([1.0, 2.0, 3.0], np.float32))
     nodes = [{"op": "input", "handle": w},
