@@ -1371,6 +1371,8 @@ def _commit(assigns=(), outputs=(), keep=True):
             slot[_key(t)] = len(wire)
             wire.append({"node": index[_key(t)], "keep": kind != "data"})
         how.append((kind, slot.get(_key(t))))
+    if not wire and not assigns:  # only realized outputs: nothing to run
+        return list(outputs)
     try:
         reply = _exchange(conn, "run", nodes=nodes, outputs=wire)
     except PicogradError as exc:
