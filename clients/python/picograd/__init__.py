@@ -33,6 +33,7 @@ from .tensor import Tensor, explain
 from .functional import *  # noqa: F401,F403  (pg.zeros, pg.cat, pg.exp, ...)
 from .functional import abs, all, any, max, min, pow, sum  # noqa: F401  (not in * on purpose)
 from . import functional, nn
+from .capture import JitError, TinyJit, jit
 
 # torch's other names for the dtypes.
 float = float32
@@ -65,4 +66,7 @@ __all__ = [
     "double",
     "long",
     "nn",
+    "jit",
+    "JitError",
+    "TinyJit",
 ] + functional.__all__

@@ -145,6 +145,11 @@ def _take_dead(conn):
             out.append(handle)
 
 
+# The capture hook of picograd.jit: while a jitted function is being captured, every request
+# (_exchange) and every tensor that adopts a run output (_adopt) is reported to it.
+_recorder = None
+
+
 def _exchange(conn, op, **fields):
     """Sends the queued frees and then request ``op``; returns its reply (raises on error).
 
@@ -177,6 +182,8 @@ def _exchange(conn, op, **fields):
     if reply.get("id") != rid:
         raise PicogradError("bad_reply", f"expected the reply to request {rid}, got "
                                          f"{reply.get('id')!r}")
+    if _recorder is not None:
+        _recorder.request(conn, op, fields, reply)
     return reply
 
 
@@ -1418,6 +1425,8 @@ def _adopt(t, conn, res, mismatch):
         t._shape, t._dtype = Size(shape), dtype
     t._buf, t._conn = buf, conn
     t._op, t._inputs, t._attrs = None, (), None
+    if _recorder is not None:
+        _recorder.adopted(t, buf.handle)
 
 
 def _site_text(site):
