@@ -495,8 +495,9 @@ def test_compiled_backward_equals_interpreter(daemon_factory):
             grads = pg.autograd.grad(loss, [x, w, lw])
             pg.realize(loss, *grads)
             results.append([t.numpy() for t in (loss, *grads)])
-            if d is jit:
-                assert c.stats()["kernels"]["compiled"] > 0
+            if d is jit:  # compiled now, or earlier into the shared kernel cache
+                k = c.stats()["kernels"]
+                assert k["compiled"] + k["disk_hits"] > 0, k
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 
