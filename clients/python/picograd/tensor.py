@@ -566,6 +566,9 @@ class Tensor:
     def reciprocal(self):
         return _unary("reciprocal", self, float_result=True)
 
+    def erf(self):
+        return _unary("erf", self, float_result=True)
+
     def clamp(self, min=None, max=None):
         """Limits every element to [min, max]; either bound may be None, a number or a tensor.
 
@@ -773,7 +776,9 @@ class Tensor:
         return t
 
     def detach(self):
-        return self
+        """The same value as a new tensor that gradients do not flow through (a `detach`
+        node: picograd.autograd.grad sees nothing behind it)."""
+        return _node("detach", [self], {}, self._shape, self._dtype)
 
     def cpu(self):
         return self
