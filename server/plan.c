@@ -42,9 +42,11 @@ static void kh(khash_t *k, const void *p, size_t n) {
 
 static void kh_i64(khash_t *k, int64_t v) { kh(k, &v, sizeof(v)); }
 
-void plan_key(const graph_t *g, const int32_t *out_id, uint32_t no, uint64_t key[2]) {
+void plan_key(const graph_t *g, const int32_t *out_id, uint32_t no, bool every_loop,
+              uint64_t key[2]) {
     khash_t k = {{KIR_HASH_INIT, PLAN_HASH_INIT2}};
     kh_i64(&k, PLAN_VERSION);
+    kh_i64(&k, every_loop);
     kh_i64(&k, g->n);
     for (int32_t i = 0; i < g->n; i++) {
         const gnode_t *n = &g->nodes[i];
@@ -115,15 +117,15 @@ void plan_release(plan_t *p) {
 }
 
 plan_t *plan_build(const graph_t *g, const int32_t *out_id, uint32_t no, bool compile,
-                   proto_err_t *err) {
+                   bool every_loop, proto_err_t *err) {
     plan_t *p = pg_calloc_array(1, sizeof(*p));
     if (!p) {
         proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for a plan");
         return NULL;
     }
     atomic_init(&p->refs, 1);
-    plan_key(g, out_id, no, p->key);
-    if (fuse_graph(g, out_id, no, true, &p->fp, err) != 0)
+    plan_key(g, out_id, no, every_loop, p->key);
+    if (fuse_graph(g, out_id, no, true, every_loop, &p->fp, err) != 0)
         goto err_free;
     p->kern = pg_calloc_array(p->fp.nsteps ? (size_t)p->fp.nsteps : 1, sizeof(plan_kernel_t));
     if (!p->kern) {
@@ -208,10 +210,10 @@ static plan_t *lru_find(const uint64_t key[2]) {
     return NULL;
 }
 
-plan_t *plan_get(const graph_t *g, const int32_t *out_id, uint32_t no, bool *built,
-                 proto_err_t *err) {
+plan_t *plan_get(const graph_t *g, const int32_t *out_id, uint32_t no, bool every_loop,
+                 bool *built, proto_err_t *err) {
     uint64_t key[2];
-    plan_key(g, out_id, no, key);
+    plan_key(g, out_id, no, every_loop, key);
     *built = false;
     pthread_mutex_lock(&cache.lock);
     plan_t *p = lru_find(key);
@@ -223,7 +225,7 @@ plan_t *plan_get(const graph_t *g, const int32_t *out_id, uint32_t no, bool *bui
     if (p)
         return p;
 
-    plan_t *fresh = plan_build(g, out_id, no, true, err);
+    plan_t *fresh = plan_build(g, out_id, no, true, every_loop, err);
     if (!fresh)
         return NULL;
     *built = true;

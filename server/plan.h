@@ -35,24 +35,27 @@ typedef struct plan {
     struct plan *prev, *next;          /* LRU list (the cache's lock) */
 } plan_t;
 
-/* Computes the structure key of g with outputs out_id[0..no). */
-void plan_key(const graph_t *g, const int32_t *out_id, uint32_t no, uint64_t key[2]);
+/* Computes the structure key of g with outputs out_id[0..no), planned with every_loop. */
+void plan_key(const graph_t *g, const int32_t *out_id, uint32_t no, bool every_loop,
+              uint64_t key[2]);
 
 /*
  * Builds a plan: fuses g, renders every kernel, and with compile true compiles them (jit_get).
+ * every_loop compiles loops of any size (a run that assigns state is a step that will repeat, so
+ * its small loops pay back their compile); otherwise loops under --jit-min-work are interpreted.
  * A kernel that does not compile is logged and leaves the plan uncompiled (compiled false: the
  * executor then interprets every node). Returns a new plan (release with plan_release) or NULL
  * with err filled.
  */
 plan_t *plan_build(const graph_t *g, const int32_t *out_id, uint32_t no, bool compile,
-                   proto_err_t *err);
+                   bool every_loop, proto_err_t *err);
 
 /*
  * Returns the cached plan for g's structure with a new reference, building, compiling and caching
  * it on a miss (*built true then). Thread-safe. NULL with err filled on failure.
  */
-plan_t *plan_get(const graph_t *g, const int32_t *out_id, uint32_t no, bool *built,
-                 proto_err_t *err);
+plan_t *plan_get(const graph_t *g, const int32_t *out_id, uint32_t no, bool every_loop,
+                 bool *built, proto_err_t *err);
 
 /* Drops a reference; the last one frees the plan. NULL is ignored. */
 void plan_release(plan_t *p);

@@ -353,7 +353,8 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     const fuse_plan_t *fp = NULL;
     if (d->cfg.jit && jit_available()) {
         bool built = false;
-        plan = plan_get(g, p.out_id, nall, &built, err);
+        /* A run that assigns is a step that will repeat: every loop of it is compiled. */
+        plan = plan_get(g, p.out_id, nall, p.as.n > 0, &built, err);
         if (!plan) {
             rc = -err->code;
             goto out;
@@ -364,7 +365,7 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
             fp = &plan->fp;
     }
     if (!fp) {
-        if ((rc = fuse_graph(g, p.out_id, nall, false, &local, err)) != 0)
+        if ((rc = fuse_graph(g, p.out_id, nall, false, false, &local, err)) != 0)
             goto out;
         fp = &local;
     }
@@ -496,7 +497,7 @@ int ops_explain(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     int rc = prepare(r, &p, err);
     if (rc != 0)
         goto out;
-    plan = plan_build(&p.g, p.out_id, p.nall, false, err);
+    plan = plan_build(&p.g, p.out_id, p.nall, false, p.as.n > 0, err);
     if (!plan) {
         rc = -err->code;
         goto out;

@@ -568,7 +568,8 @@ static uint64_t fuse_min_work = FUSE_MIN_WORK_DEFAULT;
 
 void fuse_set_min_work(uint64_t elements) { fuse_min_work = elements; }
 
-int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, fuse_plan_t *fp,
+int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, bool every_loop,
+               fuse_plan_t *fp,
                proto_err_t *err) {
     int rc = 0;
     int32_t n = g->n;
@@ -624,7 +625,7 @@ int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, 
             continue;
         /* The loop's size: its iteration space, a reduction's input. */
         uint64_t work = fusible_reduce(rn->op) ? g->nodes[rn->in[0]].numel : rn->numel;
-        if (work < fuse_min_work)
+        if (work < fuse_min_work && !every_loop)
             continue;
         int32_t cap = FUSE_MAX_ELEMWISE;
         for (;;) {

@@ -50,7 +50,8 @@ void fuse_set_min_work(uint64_t elements);
  * false every needed node becomes an interpreter step (the plain interpreter's schedule). Fills
  * *fp (free with fuse_free). Returns 0, or -PG_EOUT_OF_MEMORY with err filled.
  */
-int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, fuse_plan_t *fp,
+int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, bool every_loop,
+               fuse_plan_t *fp,
                proto_err_t *err);
 
 /* Frees the steps of fp and zeroes it. */
