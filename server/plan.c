@@ -81,7 +81,7 @@ void plan_key(const graph_t *g, const int32_t *out_id, uint32_t no, uint64_t key
             }
         if (n->op == PRIM_pad)
             kh(&k, &a->value, sizeof(a->value));
-        if (n->op == PRIM_window)
+        if (n->op == PRIM_window || n->op == PRIM_unwindow)
             for (int d = 0; d < 6; d++)
                 kh_i64(&k, a->win[d]);
         if (n->op == PRIM_cast)
@@ -356,6 +356,7 @@ static void attrs_str(const gnode_t *n, char *buf, size_t cap) {
         APP("] value=%.17g", a->value);
         break;
     case PRIM_window:
+    case PRIM_unwindow:
         APP("kernel=[%lld, %lld] stride=[%lld, %lld] dilation=[%lld, %lld]",
             (long long)a->win[0], (long long)a->win[1], (long long)a->win[2],
             (long long)a->win[3], (long long)a->win[4], (long long)a->win[5]);

@@ -175,6 +175,7 @@ static void rc_unary_f(char *out, size_t cap, prim_t op, const char *x) {
         break;
     case PRIM_silu: snprintf(out, cap, "%s / (1.0 + exp(-%s))", x, x); break;
     case PRIM_reciprocal: snprintf(out, cap, "1.0 / %s", x); break;
+    case PRIM_erf: snprintf(out, cap, "erf(%s)", x); break;
     case PRIM_square: snprintf(out, cap, "%s * %s", x, x); break;
     case PRIM_sign:
         snprintf(out, cap, "isnan(%s) ? %s : (double)((%s > 0) - (%s < 0))", x, x, x, x);
@@ -344,7 +345,7 @@ static void rc_value_expr(char *out, size_t cap, const kir_kernel_t *k, int j,
                 v->prim == PRIM_log || v->prim == PRIM_sqrt || v->prim == PRIM_rsqrt ||
                 v->prim == PRIM_sin || v->prim == PRIM_cos || v->prim == PRIM_tanh ||
                 v->prim == PRIM_sigmoid || v->prim == PRIM_gelu || v->prim == PRIM_gelu_tanh ||
-                v->prim == PRIM_silu || v->prim == PRIM_reciprocal;
+                v->prim == PRIM_silu || v->prim == PRIM_reciprocal || v->prim == PRIM_erf;
     snprintf(x, sizeof(x), fdom ? "(double)v%d" : "(int64_t)v%d", v->a);
     if (v->b >= 0)
         snprintf(y, sizeof(y), fdom ? "(double)v%d" : "(int64_t)v%d", v->b);
@@ -799,6 +800,7 @@ static bool rc_costly(const kir_kernel_t *k, const bool *varies, int j) {
     switch (v->prim) {
     case PRIM_exp: case PRIM_log: case PRIM_sin: case PRIM_cos: case PRIM_tanh: case PRIM_pow:
     case PRIM_sigmoid: case PRIM_gelu: case PRIM_gelu_tanh: case PRIM_silu: case PRIM_div:
+    case PRIM_erf:
         return true;
     default:
         return rc_costly(k, varies, v->a) || (v->b >= 0 && rc_costly(k, varies, v->b)) ||

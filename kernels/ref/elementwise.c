@@ -27,7 +27,7 @@ static bool unary_needs_float(prim_t op) {
     switch (op) {
     case PRIM_exp: case PRIM_log: case PRIM_sqrt: case PRIM_rsqrt: case PRIM_sin: case PRIM_cos:
     case PRIM_tanh: case PRIM_sigmoid: case PRIM_gelu: case PRIM_gelu_tanh: case PRIM_silu:
-    case PRIM_reciprocal:
+    case PRIM_reciprocal: case PRIM_erf:
         return true;
     default:
         return false;
@@ -54,6 +54,8 @@ static double unary_f(prim_t op, double x) {
     }
     case PRIM_silu: return x / (1.0 + exp(-x));
     case PRIM_reciprocal: return 1.0 / x;
+    case PRIM_erf: return erf(x); /* libm, in double for float32 too: generated kernels call
+                                   * the same function (render_c.c), so both agree */
     case PRIM_square: return x * x;
     case PRIM_sign: return isnan(x) ? x : (double)((x > 0) - (x < 0));
     case PRIM_logical_not: return x == 0;

@@ -26,11 +26,6 @@ static const struct {
 };
 static_assert(sizeof(prims) / sizeof(prims[0]) == PRIM_COUNT, "ops.def table");
 
-/* Primitive nodes in one graph. Lowering multiplies nodes (a conv2d is ~16 primitives), so this
- * is four times the wire limit: a node costs ~450 bytes, which bounds a graph's own memory to
- * ~120 MB, not counted against --max-memory. */
-#define GRAPH_MAX_PRIM_NODES (GRAPH_MAX_NODES * 4)
-
 const char *graph_prim_name(prim_t op) { return prims[op].name; }
 prim_kind_t graph_prim_kind(prim_t op) { return prims[op].kind; }
 int graph_prim_arity(prim_t op) { return prims[op].arity; }
@@ -284,6 +279,25 @@ static int32_t infer(graph_t *g, gnode_t *n, proto_err_t *err) {
 
     case PK_COPY:
         n->dtype = x->dtype;
+        if (n->op == PRIM_unwindow) {
+            /* The caller gives [N, C, H, W]; H and W cannot be inferred (the window's output
+             * size rounds down), so check that window() of that shape gives x's shape. */
+            const int64_t *w = a->win;
+            for (int k = 0; k < 6; k++)
+                if (w[k] < 1)
+                    return FAIL(PG_EBAD_REQUEST, "kernel, stride and dilation must be >= 1");
+            bool ok = x->rank == 6 && n->rank == 4 && x->shape[0] == n->shape[0] &&
+                      x->shape[1] == n->shape[1] && x->shape[4] == w[0] && x->shape[5] == w[1];
+            for (int d = 0; ok && d < 2; d++) {
+                int64_t e = w[4 + d] * (w[d] - 1) + 1;
+                ok = n->shape[2 + d] >= e && (n->shape[2 + d] - e) / w[2 + d] + 1 == x->shape[2 + d];
+            }
+            if (!ok)
+                return FAIL(PG_EBAD_SHAPE, "unwindow of %s to %s does not match its windows",
+                            graph_shape_str(s1, sizeof(s1), x->rank, x->shape),
+                            graph_shape_str(s2, sizeof(s2), n->rank, n->shape));
+            return 0;
+        }
         n->rank = x->rank;
         memcpy(n->shape, x->shape, sizeof(n->shape));
         if (n->op == PRIM_pad) {
@@ -338,6 +352,26 @@ static int32_t infer(graph_t *g, gnode_t *n, proto_err_t *err) {
         if (a->ndims != 1 || dim < 0 || dim >= (x->rank ? x->rank : 1))
             return FAIL(PG_EBAD_REQUEST, "%s: invalid dim for rank %d", name, x->rank);
         n->dtype = x->dtype;
+        if (n->op == PRIM_scatter_add) {
+            /* base x, index y, src z: index and src have one shape, of base's rank, and fit
+             * inside base on every axis but dim (where the index values say where). */
+            const gnode_t *z = &g->nodes[n->in[2]];
+            if (z->dtype != x->dtype)
+                return FAIL(PG_EBAD_DTYPE, "scatter_add base and src have dtypes %s and %s",
+                            proto_dtype_name(x->dtype), proto_dtype_name(z->dtype));
+            bool ok = y->rank == x->rank && z->rank == y->rank &&
+                      !memcmp(y->shape, z->shape, sizeof(int64_t) * (size_t)y->rank);
+            for (int d = 0; ok && d < x->rank; d++)
+                ok = d == dim || y->shape[d] <= x->shape[d];
+            if (!ok)
+                return FAIL(PG_EBAD_SHAPE, "scatter_add index %s and src %s do not fit base %s",
+                            graph_shape_str(s1, sizeof(s1), y->rank, y->shape),
+                            graph_shape_str(s2, sizeof(s2), z->rank, z->shape),
+                            graph_shape_str((char[160]){0}, 160, x->rank, x->shape));
+            n->rank = x->rank;
+            memcpy(n->shape, x->shape, sizeof(n->shape));
+            return 0;
+        }
         if (n->op == PRIM_gather) {
             if (y->rank != x->rank)
                 return FAIL(PG_EBAD_SHAPE, "gather index %s must have the rank of input %s",

@@ -15,6 +15,11 @@
 #define GRAPH_MAX_NODES 65536  /* wire nodes in one run; lowering may add a bounded factor more */
 #define GRAPH_MAX_INPUTS 1024  /* inputs of one node (cat, stack) */
 
+/* Primitive nodes in one graph. Lowering multiplies nodes (a conv2d is ~16 primitives, its
+ * gradient as many again), so this is four times the wire limit: a node costs ~450 bytes, which
+ * bounds a graph's own memory to ~120 MB, not counted against --max-memory. */
+#define GRAPH_MAX_PRIM_NODES (GRAPH_MAX_NODES * 4)
+
 typedef enum {
     PK_LEAF, PK_UNARY, PK_BINARY, PK_WHERE, PK_REDUCE, PK_ARGREDUCE, PK_SCAN, PK_VIEW, PK_COPY,
     PK_MATMUL, PK_INDEX,
@@ -33,13 +38,17 @@ typedef struct {
                                    * argmax/argmin/cumsum/cat/gather/index_select is dims[0] */
     int ndims;                    /* entries of dims in use */
     bool keepdim;                 /* reductions */
+    bool first;                   /* max, min: the gradient goes to the first extremal element
+                                   * (C order over the reduced axes) instead of being split
+                                   * evenly among ties (autodiff.c; the value is the same) */
     int64_t start[PROTO_MAX_RANK]; /* slice: first index per axis; pad: elements before */
     int64_t stop[PROTO_MAX_RANK];  /* pad: elements after (slice: unused, the shape says) */
     int64_t step[PROTO_MAX_RANK];  /* slice: step per axis (>= 1) */
     double value;                 /* full, pad: the fill value */
     double astart, astep;         /* arange */
     uint64_t seed, offset;        /* rand, randn */
-    int64_t win[6];               /* window: kh, kw, stride h, stride w, dilation h, dilation w */
+    int64_t win[6];               /* window, unwindow: kh, kw, stride h, stride w, dilation h,
+                                   * dilation w */
     pg_dtype_t dtype;             /* cast: the target */
 } gattr_t;
 
@@ -56,6 +65,8 @@ typedef struct {
     int32_t wire;                 /* index of the request node this came from (for errors) */
     const char *wire_op;          /* and its op name (static storage) */
     bool weak;                    /* a Python number: type promotion lets the other side win */
+    bool nograd;                  /* a `detach` (or a softmax's stabilizing max): the value
+                                   * flows, the reverse sweep does not cross it (autodiff.c) */
 } gnode_t;
 
 typedef struct {

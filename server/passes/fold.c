@@ -23,7 +23,8 @@
  *   (b) Identities that are exact in IEEE and in wrapping integer arithmetic, for float32,
  *       float64, int32 and int64 results whose operand x has the result's dtype and shape:
  *       x * 1, 1 * x, x / 1 and x - (+0) are x. Not x + 0 (-0.0 + 0 is +0.0), not x * 0 (NaN
- *       and infinities) and not x - (-0.0).
+ *       and infinities) and not x - (-0.0). A reshape to its input's own shape (what `detach`
+ *       lowers to) is its input too.
  *   (c) Nodes that no output needs any more are dropped and the rest renumbered, keeping their
  *       order (so inputs still come first).
  *
@@ -172,8 +173,14 @@ out_free:
  * =========================================================================================== */
 
 /* Returns x when node n (inputs read through alias) is x * 1, 1 * x, x / 1 or x - (+0) with x
- * of n's dtype and shape; -1 otherwise. */
+ * of n's dtype and shape, or a reshape of x to x's own shape; -1 otherwise. */
 static int32_t identity_of(const foldctx_t *c, const gnode_t *n) {
+    if (n->op == PRIM_reshape) { /* a reshape to the same shape (a `detach`) is its input */
+        const gnode_t *xn = &c->g->nodes[c->alias[n->in[0]]];
+        if (xn->rank == n->rank && !memcmp(xn->shape, n->shape, sizeof(int64_t) * (size_t)n->rank))
+            return c->alias[n->in[0]];
+        return -1;
+    }
     if (n->dtype != PG_FLOAT32 && n->dtype != PG_FLOAT64 && n->dtype != PG_INT32 &&
         n->dtype != PG_INT64)
         return -1;
@@ -222,6 +229,10 @@ static int analyze(foldctx_t *c) {
             c->cst[i] = c->folded[i] = c->cst[x];
             c->cval[i] = c->cval[x];
             changed |= c->cst[i];
+            if (!c->cst[i] && (x = identity_of(c, n)) >= 0) {
+                c->alias[i] = x;
+                changed = true;
+            }
             continue;
         }
         if (!fuse_is_elementwise(n->op) || n->nin > 3)

@@ -19,11 +19,25 @@
 #include "lower.h"
 
 #include "../mem.h"
+#include "autodiff.h"
 
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+/* A `grad` node of the request, found by the scan that the first `grad` rule runs. */
+typedef struct {
+    int64_t y, x, gy;           /* request node indices of its inputs (gy: -1 when absent) */
+} gref_t;
+
+/* What the `grad` rules share while one request is lowered. */
+typedef struct {
+    ad_cache_t cache;           /* the reverse sweeps done so far, by (y, gy) */
+    gref_t *refs;               /* every `grad` node of the request (owned) */
+    int nrefs;
+    bool scanned;               /* refs is filled */
+} lad_t;
 
 /* What a rule sees: the graph, the request node being lowered, its inputs as primitive ids. */
 typedef struct {
@@ -34,6 +48,9 @@ typedef struct {
     int nin;
     int variant;                /* the rule's own selector from the op table (e.g. which prim) */
     proto_err_t *err;
+    const msgpack_object *nodes; /* the whole request's node array (for `grad`) */
+    const int32_t *map;         /* request node -> primitive, for the nodes lowered so far */
+    lad_t *ad;                  /* `grad` state of this request */
 } lctx_t;
 
 typedef int32_t (*rule_fn)(lctx_t *c);
@@ -656,7 +673,13 @@ static int32_t r_reduce(lctx_t *c) {
         TRY(x = cast(c, x, PG_INT64));
     if (op == PRIM_any || op == PRIM_all)
         TRY(x = cast(c, x, PG_BOOL));
-    return reduce(c, op, x, dims, nd, keep);
+    int32_t r = 0;
+    TRY(r = reduce(c, op, x, dims, nd, keep));
+    /* torch.max(x, dim) returns an index, and its gradient goes to that (first) element; amax
+     * over several dims and a full max split it among ties (autodiff.c). */
+    if ((op == PRIM_max || op == PRIM_min) && attr(c, "dims") && nd == 1)
+        N(r)->a.first = true;
+    return r;
 }
 
 static int32_t r_mean(lctx_t *c) {
@@ -710,6 +733,7 @@ static int32_t logsumexp(lctx_t *c, int32_t x, const int64_t *dims, int nd, bool
         return prim1(c, PRIM_log, s);
     }
     TRY(m = reduce(c, PRIM_max, x, dims, nd, true));
+    N(m)->nograd = true; /* the result does not depend on m: its gradient through m is 0 */
     TRY(absm = prim1(c, PRIM_abs, m));
     TRY(inf = scalar(c, INFINITY, dt, false));
     TRY(isinf = binary(c, PRIM_eq, absm, inf));
@@ -1132,6 +1156,7 @@ static int32_t softmax(lctx_t *c, int32_t x, int64_t dim, bool log) {
     if (N(x)->shape[dim] == 0)
         return x; /* softmax over an empty axis is the empty tensor itself */
     TRY(m = reduce(c, PRIM_max, x, &dim, 1, true));
+    N(m)->nograd = true; /* the result does not depend on m: its gradient through m is 0 */
     TRY(e = binary(c, PRIM_sub, x, m));
     if (log) {
         TRY(s = prim1(c, PRIM_exp, e));
@@ -1387,6 +1412,8 @@ static int32_t r_pool(lctx_t *c) {
     TRY(win = windows(c, x, k, st, pd, dl, fill));
     int64_t dims[2] = {4, 5};
     TRY(r = reduce(c, max ? PRIM_max : PRIM_sum, win, dims, 2, false));
+    if (max)
+        N(r)->a.first = true; /* the gradient goes to the first max of a window, as torch */
     if (!max) {
         int32_t den = 0;
         if (include || (pd[0] == 0 && pd[1] == 0)) {
@@ -1406,6 +1433,147 @@ static int32_t r_pool(lctx_t *c) {
         TRY(r = reshape(c, r, 3, s));
     }
     return r;
+}
+
+/* =============================================================================================
+ * Rules: differentiation (the sweep itself is autodiff.c)
+ * =========================================================================================== */
+
+/* detach(x): x's value as a node of its own (a reshape to its own shape, which fold.c removes
+ * later) that the reverse sweep does not cross. */
+static int32_t r_detach(lctx_t *c) {
+    int64_t s[PROTO_MAX_RANK];
+    int32_t x = c->in[0], r = 0;
+    int rank = N(x)->rank;
+    memcpy(s, N(x)->shape, sizeof(s));
+    TRY(r = shaped(c, PRIM_reshape, x, NULL, rank, s));
+    N(r)->nograd = true;
+    return r;
+}
+
+/* Zeros of x's dtype and shape. */
+static int32_t zeros_like(lctx_t *c, int32_t x) {
+    int64_t s[PROTO_MAX_RANK];
+    int rank = N(x)->rank;
+    pg_dtype_t dt = N(x)->dtype;
+    memcpy(s, N(x)->shape, sizeof(s));
+    gattr_t a = {.value = 0};
+    return graph_add(c->g, PRIM_full, NULL, 0, &a, dt, rank, s, NULL, c->err);
+}
+
+/* True when v is a non-negative int msgpack object; *out gets it. */
+static bool wire_index(const msgpack_object *v, int64_t *out) {
+    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > (uint64_t)INT32_MAX)
+        return false;
+    *out = (int64_t)v->via.u64;
+    return true;
+}
+
+/* Lists every `grad` node of the request (once, when the first is lowered), so that the first
+ * sweep for a (y, gy) knows all the x's that its sibling `grad` nodes want. Malformed nodes are
+ * skipped here: the driver refuses them when it reaches them. */
+static int scan_grads(lctx_t *c) {
+    lad_t *ad = c->ad;
+    uint32_t count = c->nodes->via.array.size;
+    ad->scanned = true;
+    for (int pass = 0; pass < 2; pass++) {
+        int n = 0;
+        for (uint32_t j = 0; j < count; j++) {
+            const msgpack_object *node = &c->nodes->via.array.ptr[j];
+            if (node->type != MSGPACK_OBJECT_MAP)
+                continue;
+            const msgpack_object *op = proto_find(node, "op"), *in = proto_find(node, "in");
+            if (!op || op->type != MSGPACK_OBJECT_STR || op->via.str.size != 4 ||
+                memcmp(op->via.str.ptr, "grad", 4) || !in || in->type != MSGPACK_OBJECT_ARRAY ||
+                in->via.array.size < 2 || in->via.array.size > 3)
+                continue;
+            gref_t r = {.gy = -1};
+            if (!wire_index(&in->via.array.ptr[0], &r.y) ||
+                !wire_index(&in->via.array.ptr[1], &r.x) ||
+                (in->via.array.size == 3 && !wire_index(&in->via.array.ptr[2], &r.gy)))
+                continue;
+            if (pass == 1)
+                ad->refs[n] = r;
+            n++;
+        }
+        if (pass == 0) {
+            if (n == 0)
+                return 0;
+            ad->refs = pg_calloc_array((size_t)n, sizeof(gref_t));
+            if (!ad->refs)
+                return fail(c, PG_EOUT_OF_MEMORY, "no memory for the gradient");
+        }
+        ad->nrefs = n;
+    }
+    return 0;
+}
+
+/*
+ * grad(y, x[, gy]) = d(sum(y * gy))/dx, x's shape and dtype. The first `grad` node of a
+ * (y, gy) runs the reverse sweep for every x that the request's `grad` nodes of that (y, gy)
+ * want; the others find their adjoint in the cache. An x that y does not depend on gets zeros.
+ */
+static int32_t r_grad(lctx_t *c) {
+    char s1[160], s2[160];
+    int32_t y = c->in[0], x = c->in[1], seed = 0;
+    const msgpack_object *in = proto_find(c->node, "in"); /* checked by the driver */
+    int64_t yw = (int64_t)in->via.array.ptr[0].via.u64, xw = (int64_t)in->via.array.ptr[1].via.u64;
+    int64_t gw = c->nin == 3 ? (int64_t)in->via.array.ptr[2].via.u64 : -1;
+    const gnode_t *ny = N(y), *nx = N(x);
+    if (!is_float(ny->dtype))
+        return fail(c, PG_EBAD_DTYPE, "y (in[0]) is %s; only float32 and float64 outputs can be "
+                                      "differentiated",
+                    proto_dtype_name(ny->dtype));
+    if (!is_float(nx->dtype))
+        return fail(c, PG_EBAD_DTYPE, "x (in[1]) is %s; only float32 and float64 tensors have "
+                                      "gradients",
+                    proto_dtype_name(nx->dtype));
+    if (c->nin == 3) {
+        const gnode_t *ng = N(c->in[2]);
+        if (ng->rank != ny->rank || memcmp(ng->shape, ny->shape, sizeof(int64_t) * (size_t)ny->rank))
+            return fail(c, PG_EBAD_SHAPE, "the output gradient gy (in[2]) has shape %s; y has "
+                                          "shape %s",
+                        graph_shape_str(s1, sizeof(s1), ng->rank, ng->shape),
+                        graph_shape_str(s2, sizeof(s2), ny->rank, ny->shape));
+    } else if (ny->numel != 1) {
+        return fail(c, PG_EBAD_REQUEST, "y has shape %s; a non-scalar output needs an output "
+                                        "gradient (in[2])",
+                    graph_shape_str(s1, sizeof(s1), ny->rank, ny->shape));
+    }
+    if (xw > yw)
+        return zeros_like(c, x); /* made after y: y cannot depend on it */
+    const ad_sweep_t *sw = ad_cache_find(&c->ad->cache, yw, gw);
+    if (!sw) {
+        if (c->nin == 3) {
+            TRY(seed = cast(c, c->in[2], ny->dtype));
+        } else {
+            int64_t s[PROTO_MAX_RANK];
+            int rank = ny->rank;
+            pg_dtype_t dt = ny->dtype;
+            memcpy(s, ny->shape, sizeof(s));
+            gattr_t a = {.value = 1};
+            TRY(seed = graph_add(c->g, PRIM_full, NULL, 0, &a, dt, rank, s, NULL, c->err));
+        }
+        if (!c->ad->scanned)
+            TRY(scan_grads(c));
+        int32_t *wanted = pg_calloc_array((size_t)c->ad->nrefs + 1, sizeof(int32_t));
+        if (!wanted)
+            return fail(c, PG_EOUT_OF_MEMORY, "no memory for the gradient");
+        int nw = 0;
+        wanted[nw++] = x;
+        for (int k = 0; k < c->ad->nrefs; k++) {
+            const gref_t *r = &c->ad->refs[k];
+            if (r->y == yw && r->gy == gw && r->x <= yw)
+                wanted[nw++] = c->map[r->x];
+        }
+        sw = ad_backward(c->g, &c->ad->cache, yw, gw, y, seed, wanted, nw, c->err);
+        pg_free(wanted);
+        if (!sw)
+            return -1;
+    }
+    if (x < sw->n && sw->adj[x] >= 0)
+        return sw->adj[x];
+    return zeros_like(c, x);
 }
 
 /* =============================================================================================
@@ -1435,6 +1603,7 @@ static int32_t r_pool(lctx_t *c) {
     XX(sigmoid, 1, 1, r_unary_float, PRIM_sigmoid, "")                                             \
     XX(silu, 1, 1, r_unary_float, PRIM_silu, "")                                                   \
     XX(reciprocal, 1, 1, r_unary_float, PRIM_reciprocal, "")                                       \
+    XX(erf, 1, 1, r_unary_float, PRIM_erf, "")                                                     \
     XX(gelu, 1, 1, r_gelu, 0, "approximate")                                                       \
     XX(logical_not, 1, 1, r_logical_not, 0, "")                                                    \
     XX(clamp, 1, 1, r_clamp, 0, "min max")                                                         \
@@ -1490,7 +1659,9 @@ static int32_t r_pool(lctx_t *c) {
     XX(layer_norm, 1, 3, r_layer_norm, 0, "normalized_shape eps")                                  \
     XX(conv2d, 2, 3, r_conv2d, 0, "stride padding dilation groups")                                \
     XX(max_pool2d, 1, 1, r_pool, PRIM_max, "kernel_size stride padding dilation")                  \
-    XX(avg_pool2d, 1, 1, r_pool, PRIM_sum, "kernel_size stride padding count_include_pad")
+    XX(avg_pool2d, 1, 1, r_pool, PRIM_sum, "kernel_size stride padding count_include_pad")      \
+    XX(detach, 1, 1, r_detach, 0, "")                                                              \
+    XX(grad, 2, 3, r_grad, 0, "")
 
 static const struct {
     const char *name;
@@ -1524,6 +1695,7 @@ int lower_graph(graph_t *g, const sess_t *sess, const msgpack_object *nodes, int
     int32_t *ins = in_buf;
     int rc = 0;
     uint32_t count = nodes->via.array.size;
+    lad_t ad = {0};
 
     for (uint32_t i = 0; i < count; i++) {
         const msgpack_object *node = &nodes->via.array.ptr[i];
@@ -1609,7 +1781,7 @@ int lower_graph(graph_t *g, const sess_t *sess, const msgpack_object *nodes, int
             }
             ins[k] = map[v->via.u64];
         }
-        lctx_t c = {g, sess, node, ins, (int)nin, rules[r].variant, err};
+        lctx_t c = {g, sess, node, ins, (int)nin, rules[r].variant, err, nodes, map, &ad};
         int32_t id = rules[r].rule(&c);
         if (id < 0) {
             rc = -err->code;
@@ -1620,5 +1792,7 @@ int lower_graph(graph_t *g, const sess_t *sess, const msgpack_object *nodes, int
 out:
     if (ins != in_buf)
         pg_free(ins);
+    ad_cache_free(&ad.cache);
+    pg_free(ad.refs);
     return rc;
 }

@@ -32,7 +32,7 @@ from .shapes import DimError, ShapeError, Size
 from .tensor import Tensor, explain
 from .functional import *  # noqa: F401,F403  (pg.zeros, pg.cat, pg.exp, ...)
 from .functional import abs, all, any, max, min, pow, sum  # noqa: F401  (not in * on purpose)
-from . import functional, nn
+from . import autograd, functional, nn
 
 # torch's other names for the dtypes.
 float = float32
@@ -65,4 +65,5 @@ __all__ = [
     "double",
     "long",
     "nn",
+    "autograd",
 ] + functional.__all__

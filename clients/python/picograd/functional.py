@@ -32,7 +32,7 @@ __all__ = [
     "zeros", "ones", "full", "empty", "eye", "arange", "rand", "randn", "randint",
     "manual_seed", "initial_seed", "zeros_like", "ones_like", "full_like", "empty_like",
     "rand_like", "randn_like", "cat", "concat", "concatenate", "stack", "where", "matmul", "mm",
-    "bmm", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "relu", "neg",
+    "bmm", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "erf", "relu", "neg",
     "negative", "sign", "square", "reciprocal", "logical_not", "add", "sub", "mul", "div",
     "true_divide", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "logical_and",
     "logical_or", "mean", "prod", "var", "std", "logsumexp", "cumsum", "argmax", "argmin",
@@ -306,6 +306,10 @@ def tanh(input):
 
 def sigmoid(input):
     return _t("sigmoid", input).sigmoid()
+
+
+def erf(input):
+    return _t("erf", input).erf()
 
 
 def relu(input):

@@ -211,6 +211,25 @@ def reduce_shape(shape, dims, keepdim):
     return tuple(d for i, d in enumerate(shape) if i not in dims)
 
 
+def grad(op, y_shape, y_dtype, x_shape, x_dtype, gy_shape=None):
+    """The (shape, dtype) of a `grad` node, d(sum(y * gy))/dx: x's. y and x must be float; gy,
+    when given, must have y's shape exactly, else y must hold one element (PROTOCOL.md)."""
+    if not y_dtype.is_floating_point:
+        raise ShapeError(f"{op}: y is {y_dtype}; only float32 and float64 outputs can be "
+                         "differentiated", code="bad_dtype")
+    if not x_dtype.is_floating_point:
+        raise ShapeError(f"{op}: x is {x_dtype}; only float32 and float64 tensors have "
+                         "gradients", code="bad_dtype")
+    if gy_shape is None:
+        if numel(y_shape) != 1:
+            raise ShapeError(f"{op}: y has shape {fmt(y_shape)}; a non-scalar output needs an "
+                             "output gradient", code="bad_request")
+    elif tuple(gy_shape) != tuple(y_shape):
+        raise ShapeError(f"{op}: the output gradient has shape {fmt(gy_shape)}; y has shape "
+                         f"{fmt(y_shape)}")
+    return tuple(x_shape), x_dtype
+
+
 # ---------------------------------------------------------------------------------------------
 # Movement
 # ---------------------------------------------------------------------------------------------

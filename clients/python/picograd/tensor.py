@@ -601,6 +601,9 @@ class Tensor:
     def reciprocal(self):
         return _unary("reciprocal", self, float_result=True)
 
+    def erf(self):
+        return _unary("erf", self, float_result=True)
+
     def clamp(self, min=None, max=None):
         """Limits every element to [min, max]; either bound may be None, a number or a tensor.
 
@@ -813,15 +816,10 @@ class Tensor:
         return t
 
     def detach(self):
-        """The same value without autograd history: a realized tensor shares its handle (and,
-        as in torch, sees an optimizer's later updates of it); a pending one becomes a
-        `detach` node, through which no gradient flows."""
-        if not self._rg:
-            return self
-        if self._buf is not None:
-            t = Tensor._make(None, (), None, self._shape, self._dtype, self._conn, self._buf)
-            t._val = self._val
-            return t
+        """The same value as a new tensor that gradients do not flow through (a `detach`
+        node: backward() and picograd.autograd.grad see nothing behind it). It does not
+        require grad. Unlike torch's, it does not alias: the detached value of a parameter
+        keeps the value it had when detach() was called, after an optimizer step too."""
         return _node("detach", [self], {}, self._shape, self._dtype)
 
     def detach_(self):
