@@ -86,6 +86,15 @@ void *htab_get(const htab_t *h, uint64_t key) {
     return i == SIZE_MAX ? NULL : h->vals[i];
 }
 
+void *htab_replace(htab_t *h, uint64_t key, void *val) {
+    size_t i = htab_find(h, key);
+    if (i == SIZE_MAX)
+        return NULL;
+    void *old = h->vals[i];
+    h->vals[i] = val;
+    return old;
+}
+
 void *htab_del(htab_t *h, uint64_t key) {
     size_t i = htab_find(h, key);
     if (i == SIZE_MAX)

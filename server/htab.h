@@ -28,6 +28,9 @@ void htab_free(htab_t *h);
 int htab_put(htab_t *h, uint64_t key, void *val);
 /* Returns the value of key, or NULL. */
 void *htab_get(const htab_t *h, uint64_t key);
+/* Replaces the value of a key that is present and returns the old value; returns NULL and
+ * changes nothing when key is absent. Never allocates, so it cannot fail on a present key. */
+void *htab_replace(htab_t *h, uint64_t key, void *val);
 /* Removes key and returns its value, or NULL when absent. */
 void *htab_del(htab_t *h, uint64_t key);
 /* Calls fn(val, arg) for every live value, in no particular order. */

@@ -9,6 +9,7 @@
 #include "../kernels/cpu/jit.h"
 #include "daemon.h"
 #include "mem.h"
+#include "passes/lower.h"
 #include "plan.h"
 
 #include <stdio.h>
@@ -73,7 +74,7 @@ int ops_hello(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         return proto_fail(err, PG_EVERSION_MISMATCH,
                           "protocol version %llu is not supported; this daemon speaks %d",
                           (unsigned long long)version, PROTO_VERSION);
-    proto_pack_reply_head(pk, 2 + 8, true, r->id, true);
+    proto_pack_reply_head(pk, 2 + 9, true, r->id, true);
     key(pk, "server");
     proto_pack_cstr(pk, "picogradd");
     key(pk, "version");
@@ -104,6 +105,10 @@ int ops_hello(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     msgpack_pack_array(pk, OPS_COUNT);
     for (int i = 0; i < OPS_COUNT; i++)
         proto_pack_cstr(pk, ops_table[i].name);
+    key(pk, "node_ops"); /* the ops a `run` graph's nodes may use */
+    msgpack_pack_array(pk, (uint32_t)lower_op_count());
+    for (int i = 0; i < lower_op_count(); i++)
+        proto_pack_cstr(pk, lower_op_name(i));
     key(pk, "dtypes");
     msgpack_pack_array(pk, PG_DTYPE_COUNT);
     for (int i = 0; i < PG_DTYPE_COUNT; i++)

@@ -14,6 +14,14 @@
  * it every needed node is one interpreter step. Both give the same results; the interpreter is
  * the oracle the compiled path is tested against (tests/integration/test_compiler.py).
  *
+ * `assign` nodes (passes/lower.c) replace session tensors. They are handled beside the graph: an
+ * assign emits no primitive, and its value joins the list of outputs (after the requested ones,
+ * out_id[no..nall)), so every pass and the planner keep it alive like any output, and the plan
+ * cache key (which hashes the output list) sees it. At commit, after every output exists and its
+ * kept handles are made, each assigned handle is pointed at its new tensor (sess_replace): the
+ * old tensor is never written, so inputs read earlier in the run, kept outputs and `get` replies
+ * still being written keep the value they had.
+ *
  * Every run's time on its worker, split into prepare (read the request, lower, passes), plan and
  * execute, is added to the "runs" counters of `stats` (stats.c), failed runs included.
  *
@@ -69,13 +77,18 @@ static void pack_output(msgpack_packer *pk, const tensor_t *t, bool keep, uint64
 /* A decoded and lowered request: the graph and its outputs (run and explain share it). */
 typedef struct {
     graph_t g;
-    uint32_t no;                /* outputs */
-    int32_t *out_id;            /* primitive node of each output (owned) */
-    bool *keep;                 /* keep it as a handle (owned) */
+    uint32_t no;                /* outputs the request asked for (the reply's) */
+    uint32_t nall;              /* no + one per assign: what the passes and the plan keep */
+    int32_t *out_id;            /* primitive node of each of the nall (owned); the assigns'
+                                 * values follow the outputs, in as.a's order */
+    bool *keep;                 /* keep output k (< no) as a handle (owned) */
     int32_t *map;               /* request node -> primitive node (owned) */
+    lower_assigns_t as;         /* the request's assign nodes (their .node is not renumbered:
+                                 * read out_id[no + j]) */
 } prep_t;
 
 static void prep_free(prep_t *p) {
+    lower_assigns_free(&p->as);
     pg_free(p->map);
     pg_free(p->keep);
     pg_free(p->out_id);
@@ -91,7 +104,7 @@ static int prepare(req_t *r, prep_t *p, proto_err_t *err) {
     const msgpack_object *outs = proto_find(r->args, "outputs");
     if (!nodes || nodes->type != MSGPACK_OBJECT_ARRAY)
         return proto_fail(err, PG_EBAD_REQUEST, "field 'nodes' must be a list of node maps");
-    if (!outs || outs->type != MSGPACK_OBJECT_ARRAY || outs->via.array.size == 0)
+    if (!outs || outs->type != MSGPACK_OBJECT_ARRAY)
         return proto_fail(err, PG_EBAD_REQUEST, "field 'outputs' must be a non-empty list");
     uint32_t nw = nodes->via.array.size, no = outs->via.array.size;
     if (nw > GRAPH_MAX_NODES)
@@ -101,13 +114,23 @@ static int prepare(req_t *r, prep_t *p, proto_err_t *err) {
         return proto_fail(err, PG_ETOO_LARGE, "%u outputs; the limit is %d", no, RUN_MAX_OUTPUTS);
     p->no = no;
     p->map = pg_calloc_array(nw ? nw : 1, sizeof(int32_t));
-    p->out_id = pg_calloc_array(no, sizeof(int32_t));
-    p->keep = pg_calloc_array(no, sizeof(bool));
-    if (!p->map || !p->out_id || !p->keep)
+    p->keep = pg_calloc_array(no ? no : 1, sizeof(bool));
+    if (!p->map || !p->keep)
         return proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for a graph of %u nodes", nw);
-    int rc = lower_graph(&p->g, r->sess, nodes, p->map, err);
+    int rc = lower_graph(&p->g, r->sess, nodes, p->map, &p->as, err);
     if (rc != 0)
         return rc;
+    /* A run must do something: return or keep a value, or assign one. */
+    if (no == 0 && p->as.n == 0)
+        return proto_fail(err, PG_EBAD_REQUEST, "field 'outputs' must be a non-empty list "
+                          "(it may be empty only when the graph has an assign node)");
+    /* At most one assign per request node, so nall <= 1024 + 65536 cannot overflow. */
+    p->nall = no + p->as.n;
+    p->out_id = pg_calloc_array(p->nall, sizeof(int32_t));
+    if (!p->out_id)
+        return proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for %u outputs", p->nall);
+    for (uint32_t j = 0; j < p->as.n; j++)
+        p->out_id[no + j] = p->as.a[j].node;
     for (uint32_t k = 0; k < no; k++) {
         const msgpack_object *o = &outs->via.array.ptr[k];
         uint64_t node;
@@ -122,11 +145,11 @@ static int prepare(req_t *r, prep_t *p, proto_err_t *err) {
         p->out_id[k] = p->map[node];
         p->keep[k] = kp && kp->type == MSGPACK_OBJECT_BOOLEAN && kp->via.boolean;
     }
-    if (cse_graph(&p->g, p->out_id, no) != 0)
+    if (cse_graph(&p->g, p->out_id, p->nall) != 0)
         return proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to deduplicate the graph");
-    if ((rc = views_graph(&p->g, p->out_id, no, p->map, nw, err)) != 0)
+    if ((rc = views_graph(&p->g, p->out_id, p->nall, p->map, nw, err)) != 0)
         return rc;
-    return fold_graph(&p->g, p->out_id, no, p->map, nw, err);
+    return fold_graph(&p->g, p->out_id, p->nall, p->map, nw, err);
 }
 
 /* =============================================================================================
@@ -307,7 +330,7 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     prep_t p;
     int rc = prepare(r, &p, err);
     graph_t *g = &p.g;
-    uint32_t no = p.no;
+    uint32_t no = p.no, nall = p.nall;
     tensor_t **res = NULL;
     uint64_t *handles = NULL;
     ref_view_t *vals = NULL;
@@ -317,8 +340,8 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     if (rc != 0)
         goto out;
     run_lap(phase_ns, &phase, &mark); /* prepare */
-    res = pg_calloc_array(no, sizeof(tensor_t *));
-    handles = pg_calloc_array(no, sizeof(uint64_t));
+    res = pg_calloc_array(nall ? nall : 1, sizeof(tensor_t *));
+    handles = pg_calloc_array(no ? no : 1, sizeof(uint64_t));
     vals = pg_calloc_array(g->n ? (size_t)g->n : 1, sizeof(ref_view_t));
     if (!res || !handles || !vals) {
         rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to run %d nodes", (int)g->n);
@@ -330,7 +353,7 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     const fuse_plan_t *fp = NULL;
     if (d->cfg.jit && jit_available()) {
         bool built = false;
-        plan = plan_get(g, p.out_id, no, &built, err);
+        plan = plan_get(g, p.out_id, nall, &built, err);
         if (!plan) {
             rc = -err->code;
             goto out;
@@ -341,7 +364,7 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
             fp = &plan->fp;
     }
     if (!fp) {
-        if ((rc = fuse_graph(g, p.out_id, no, false, &local, err)) != 0)
+        if ((rc = fuse_graph(g, p.out_id, nall, false, &local, err)) != 0)
             goto out;
         fp = &local;
     }
@@ -366,12 +389,15 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         for (int32_t q = 0; q < st->nrelease; q++)
             ref_view_release(&vals[st->release[q]]);
     }
-    for (uint32_t k = 0; k < no; k++)
+    for (uint32_t k = 0; k < nall; k++)
         if ((rc = ref_materialize(&vals[p.out_id[k]], &res[k], err)) != 0)
             goto out;
     run_lap(phase_ns, &phase, &mark); /* execute */
 
-    /* Commit: only now does the session change. */
+    /* Commit: only now does the session change. The kept handles first (the only step that can
+     * fail, and it is undone below), then the assigns, which cannot fail: lowering found every
+     * assigned handle in this session, and nothing else touches the session meanwhile
+     * (session.h). */
     for (uint32_t k = 0; k < no; k++) {
         if (!p.keep[k])
             continue;
@@ -381,6 +407,14 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         }
         added = k + 1;
     }
+    for (uint32_t j = 0; j < p.as.n; j++)
+        if (!sess_get(r->sess, p.as.a[j].handle)) {
+            rc = proto_fail(err, PG_EINTERNAL, "node %d (assign): handle %llu vanished",
+                            (int)p.as.a[j].wire, (unsigned long long)p.as.a[j].handle);
+            goto out;
+        }
+    for (uint32_t j = 0; j < p.as.n; j++)
+        sess_replace(r->sess, p.as.a[j].handle, tensor_ref(res[no + j]));
     proto_pack_reply_head(pk, 3, true, r->id, true);
     proto_pack_cstr(pk, "outputs");
     msgpack_pack_array(pk, no);
@@ -398,7 +432,7 @@ out:
         for (int32_t i = 0; i < g->n; i++)
             ref_view_release(&vals[i]);
     if (res)
-        for (uint32_t k = 0; k < no; k++)
+        for (uint32_t k = 0; k < nall; k++)
             tensor_unref(res[k]);
     fuse_free(&local);
     plan_release(plan);
@@ -414,32 +448,74 @@ out:
  * explain
  * =========================================================================================== */
 
+/* Returns text followed by a section listing p's assigns (one line each: the request node, the
+ * handle, the primitive whose value it takes, with its dtype and shape), as a new string (free
+ * with pg_free), or NULL when memory runs out. Borrows text. */
+static char *explain_assigns(const char *text, const prep_t *p) {
+    size_t len = strlen(text), line = 300, cap = len + 64 + (size_t)p->as.n * line;
+    char *out = pg_malloc(cap), sh[160];
+    if (!out)
+        return NULL;
+    memcpy(out, text, len);
+    size_t w = len;
+    w += (size_t)snprintf(out + w, cap - w, "\n== assigns: %u ==\n", p->as.n);
+    for (uint32_t j = 0; j < p->as.n && w < cap; j++) {
+        const gnode_t *n = &p->g.nodes[p->out_id[p->no + j]];
+        w += (size_t)snprintf(out + w, cap - w, "  node %d (assign): handle %llu <- %%%d %s %s, "
+                              "at commit\n", (int)p->as.a[j].wire,
+                              (unsigned long long)p->as.a[j].handle, (int)p->out_id[p->no + j],
+                              proto_dtype_name(n->dtype),
+                              graph_shape_str(sh, sizeof(sh), n->rank, n->shape));
+    }
+    return out;
+}
+
+/* Packs the "assigns" key of an explain reply: one {node, handle, value} map per assign (the
+ * request node, the handle, the primitive whose value it takes). */
+static void pack_assigns(msgpack_packer *pk, const prep_t *p) {
+    proto_pack_cstr(pk, "assigns");
+    msgpack_pack_array(pk, p->as.n);
+    for (uint32_t j = 0; j < p->as.n; j++) {
+        msgpack_pack_map(pk, 3);
+        proto_pack_cstr(pk, "node");
+        msgpack_pack_int32(pk, p->as.a[j].wire);
+        proto_pack_cstr(pk, "handle");
+        msgpack_pack_uint64(pk, p->as.a[j].handle);
+        proto_pack_cstr(pk, "value");
+        msgpack_pack_int32(pk, p->out_id[p->no + j]);
+    }
+}
+
 /* Runs on a worker: lowers and plans like `run` (rendering kernel sources, compiling nothing,
  * touching neither the session nor the plan cache) and replies with the plan. */
 int ops_explain(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     (void)d;
     prep_t p;
     plan_t *plan = NULL;
-    char *text = NULL;
+    char *text = NULL, *full = NULL;
     int rc = prepare(r, &p, err);
     if (rc != 0)
         goto out;
-    plan = plan_build(&p.g, p.out_id, p.no, false, err);
+    plan = plan_build(&p.g, p.out_id, p.nall, false, err);
     if (!plan) {
         rc = -err->code;
         goto out;
     }
     text = plan_explain_text(plan, &p.g);
-    if (!text) {
+    if (text && p.as.n)
+        full = explain_assigns(text, &p);
+    if (!text || (p.as.n && !full)) {
         rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for the explain text");
         goto out;
     }
-    proto_pack_reply_head(pk, 2 + 4, true, r->id, true);
+    proto_pack_reply_head(pk, 2 + 5, true, r->id, true);
     proto_pack_cstr(pk, "text");
-    proto_pack_cstr(pk, text);
+    proto_pack_cstr(pk, full ? full : text);
     plan_pack_explain(pk, plan, &p.g);
+    pack_assigns(pk, &p);
 
 out:
+    pg_free(full);
     pg_free(text);
     plan_release(plan);
     prep_free(&p);

@@ -44,3 +44,14 @@ int sess_remove(sess_t *s, uint64_t handle) {
     tensor_unref(t);
     return 0;
 }
+
+int sess_replace(sess_t *s, uint64_t handle, tensor_t *t) {
+    tensor_t *old = htab_replace(&s->tensors, handle, t);
+    if (!old) {
+        tensor_unref(t);
+        return -PG_EUNKNOWN_HANDLE;
+    }
+    s->bytes = s->bytes - old->block_bytes + t->block_bytes;
+    tensor_unref(old); /* after the swap: t == old keeps its reference */
+    return 0;
+}

@@ -31,6 +31,14 @@ void sess_clear(sess_t *s);
 int sess_add(sess_t *s, tensor_t *t, uint64_t *handle);
 /* Returns the tensor of a handle (borrowed), or NULL when the session has no such handle. */
 tensor_t *sess_get(const sess_t *s, uint64_t handle);
+/* Makes an existing handle name t instead of the tensor it held (the `assign` node's commit,
+ * run.c). Takes ownership of the caller's reference to t; drops the session's reference to the
+ * old tensor, which lives on as long as another handle, a kept output or a reply still being
+ * written (`get`'s tail) holds its own reference, so nothing is written in place. The session's
+ * byte count moves from the old tensor to t. Never allocates. Returns 0, or
+ * -PG_EUNKNOWN_HANDLE (t is then unreferenced) when the session has no such handle. t may be
+ * the tensor the handle already holds. */
+int sess_replace(sess_t *s, uint64_t handle, tensor_t *t);
 /* Forgets a handle and drops its reference. Returns 0, or -PG_EUNKNOWN_HANDLE. */
 int sess_remove(sess_t *s, uint64_t handle);
 

@@ -51,6 +51,7 @@ typedef struct {
     const msgpack_object *nodes; /* the whole request's node array (for `grad`) */
     const int32_t *map;         /* request node -> primitive, for the nodes lowered so far */
     lad_t *ad;                  /* `grad` state of this request */
+    lower_assigns_t *assigns;   /* where `assign` nodes are recorded */
 } lctx_t;
 
 typedef int32_t (*rule_fn)(lctx_t *c);
@@ -429,6 +430,52 @@ static int32_t r_input(lctx_t *c) {
         return -1;
     }
     return graph_add(c->g, PRIM_input, NULL, 0, NULL, t->dtype, 0, NULL, tensor_ref(t), c->err);
+}
+
+/* assign(value, handle=h): h takes value's tensor when the run commits (run.c). Nothing is
+ * emitted: the node's result is the value itself, and run.c keeps it alive as an output. */
+static int32_t r_assign(lctx_t *c) {
+    int64_t h = 0;
+    char a[160], b[160];
+    TRY(attr_int(c, "handle", false, 0, &h));
+    tensor_t *t = h > 0 ? sess_get(c->sess, (uint64_t)h) : NULL;
+    if (!t)
+        return fail(c, PG_EUNKNOWN_HANDLE, "handle %lld is not a tensor of this session",
+                    (long long)h);
+    const gnode_t *v = N(c->in[0]);
+    if (v->rank != t->rank || memcmp(v->shape, t->shape, (size_t)t->rank * sizeof(int64_t)))
+        return fail(c, PG_EBAD_SHAPE, "the value has shape %s but handle %lld holds %s",
+                    graph_shape_str(a, sizeof(a), v->rank, v->shape), (long long)h,
+                    graph_shape_str(b, sizeof(b), t->rank, t->shape));
+    if (v->dtype != t->dtype)
+        return fail(c, PG_EBAD_DTYPE, "the value is %s but handle %lld holds %s",
+                    proto_dtype_name(v->dtype), (long long)h, proto_dtype_name(t->dtype));
+    lower_assigns_t *as = c->assigns;
+    uintptr_t prev = (uintptr_t)htab_get(&as->seen, (uint64_t)h);
+    if (prev)
+        return fail(c, PG_EBAD_REQUEST, "handle %lld is already assigned by node %d",
+                    (long long)h, (int)(prev - 1));
+    if (as->n == as->cap) {
+        uint32_t cap = as->cap ? as->cap * 2 : 8;
+        lower_assign_t *na = pg_calloc_array(cap, sizeof(*na));
+        if (!na)
+            return fail(c, PG_EOUT_OF_MEMORY, "no memory for %u assigns", cap);
+        if (as->n)
+            memcpy(na, as->a, as->n * sizeof(*na));
+        pg_free(as->a);
+        as->a = na;
+        as->cap = cap;
+    }
+    if (htab_put(&as->seen, (uint64_t)h, (void *)(uintptr_t)(c->g->wire + 1)) != 0)
+        return fail(c, PG_EOUT_OF_MEMORY, "no memory for %u assigns", as->n + 1);
+    as->a[as->n++] = (lower_assign_t){(uint64_t)h, c->in[0], c->g->wire};
+    return c->in[0];
+}
+
+void lower_assigns_free(lower_assigns_t *as) {
+    pg_free(as->a);
+    htab_free(&as->seen);
+    memset(as, 0, sizeof(*as));
 }
 
 /* Reads "shape" for creation ops. */
@@ -1583,6 +1630,7 @@ static int32_t r_grad(lctx_t *c) {
 /* XX(wire name, min inputs, max inputs (-1: many), rule, variant, attributes allowed) */
 #define LOWER_MAP(XX)                                                                              \
     XX(input, 0, 0, r_input, 0, "handle")                                                          \
+    XX(assign, 1, 1, r_assign, 0, "handle")                                                        \
     XX(const, 0, 0, r_const, 0, "dtype shape data value")                                          \
     XX(full, 0, 0, r_full, 0, "shape value dtype")                                                 \
     XX(arange, 0, 0, r_arange, 0, "start end step dtype")                                          \
@@ -1675,6 +1723,10 @@ static const struct {
 #undef XX
 };
 
+int lower_op_count(void) { return (int)(sizeof(rules) / sizeof(rules[0])); }
+
+const char *lower_op_name(int i) { return i >= 0 && i < lower_op_count() ? rules[i].name : NULL; }
+
 /* True when key (len bytes) is one of the space-separated words of list, or "op"/"in". */
 static bool allowed(const char *list, const char *key, size_t len) {
     if ((len == 2 && (!memcmp(key, "op", 2) || !memcmp(key, "in", 2))))
@@ -1690,7 +1742,7 @@ static bool allowed(const char *list, const char *key, size_t len) {
 }
 
 int lower_graph(graph_t *g, const sess_t *sess, const msgpack_object *nodes, int32_t *map,
-                proto_err_t *err) {
+                lower_assigns_t *assigns, proto_err_t *err) {
     int32_t in_buf[8];
     int32_t *ins = in_buf;
     int rc = 0;
@@ -1781,7 +1833,8 @@ int lower_graph(graph_t *g, const sess_t *sess, const msgpack_object *nodes, int
             }
             ins[k] = map[v->via.u64];
         }
-        lctx_t c = {g, sess, node, ins, (int)nin, rules[r].variant, err, nodes, map, &ad};
+        lctx_t c = {g, sess, node, ins, (int)nin, rules[r].variant, err, nodes, map, &ad,
+                    assigns};
         int32_t id = rules[r].rule(&c);
         if (id < 0) {
             rc = -err->code;

@@ -317,12 +317,86 @@ TEST_IMPL(graph_errors) {
     return 0;
 }
 
+/* pg_graph_assign: a run with no outputs updates a handle in place of its old tensor; inputs
+ * of the handle read the old value; a refused assign changes nothing. pg_has_op reads hello. */
+TEST_IMPL(graph_assign) {
+    daemon_t d;
+    daemon_start(&d);
+    pg_conn_t *c = pg_connect(d.url, NULL);
+    ASSERT(c != NULL);
+    ASSERT_EQ(pg_has_op(c, "run"), 1);
+    ASSERT_EQ(pg_has_op(c, "assign"), 1);
+    ASSERT_EQ(pg_has_op(c, "matmul"), 1);
+    ASSERT_EQ(pg_has_op(c, "no_such_op"), 0);
+    ASSERT_EQ(pg_has_op(c, "assig"), 0);
+    float x[3] = {1, 2, 3};
+    uint64_t hw;
+    ASSERT_EQ(pg_put(c, PG_FLOAT32, 1, (int64_t[]){3}, x, &hw), 0);
+
+    /* w <- w * 2, returning the old w inline and the new one through the assign node. */
+    pg_graph_t *g = pg_graph_new();
+    ASSERT(g != NULL);
+    int w = pg_graph_input(g, hw);
+    int two = pg_graph_scalar(g, 2.0);
+    int w2 = pg_graph_op(g, "mul", (int[]){w, two}, 2, NULL, 0);
+    int as = pg_graph_assign(g, hw, w2);
+    ASSERT_EQ(as, 3);
+    ASSERT_EQ(pg_graph_assign(g, hw, 9), -PG_EBAD_REQUEST); /* not an earlier node */
+    ASSERT_EQ(pg_graph_size(g), 4);
+    pg_output_t outs[2] = {{.node = w, .keep = 0}, {.node = as, .keep = 0}};
+    pg_result_t res[2];
+    ASSERT_EQ(pg_run(c, g, outs, 2, res), 0);
+    ASSERT_EQ(((const float *)res[0].tensor.data)[2], 3.0f);
+    ASSERT_EQ(((const float *)res[1].tensor.data)[2], 6.0f);
+    pg_tensor_release(&res[0].tensor);
+    pg_tensor_release(&res[1].tensor);
+    /* No outputs at all: the assign alone. */
+    ASSERT_EQ(pg_run(c, g, NULL, 0, NULL), 0);
+    pg_tensor_t t;
+    ASSERT_EQ(pg_get(c, hw, &t), 0);
+    ASSERT_EQ(((const float *)t.data)[0], 4.0f);
+    ASSERT_EQ(((const float *)t.data)[2], 12.0f);
+    pg_tensor_release(&t);
+    pg_graph_free(g);
+
+    /* A refused assign (a float64 value) changes nothing. */
+    g = pg_graph_new();
+    w = pg_graph_input(g, hw);
+    pg_attr_t f64 = pg_attr_str("dtype", "float64");
+    int cw = pg_graph_op(g, "cast", &w, 1, &f64, 1);
+    pg_graph_assign(g, hw, cw);
+    ASSERT_EQ(pg_run(c, g, NULL, 0, NULL), -PG_EBAD_DTYPE);
+    ASSERT(strstr(pg_last_error(c)->message, "node 2 (assign)") != NULL);
+    ASSERT_EQ(pg_get(c, hw, &t), 0);
+    ASSERT_EQ(((const float *)t.data)[2], 12.0f);
+    pg_tensor_release(&t);
+    pg_graph_free(g);
+
+    /* pg_graph_grad packs a grad node (the daemon may not serve it yet: only the packing and the
+     * client-side checks are tested here). */
+    g = pg_graph_new();
+    w = pg_graph_input(g, hw);
+    int l = pg_graph_op(g, "sum", &w, 1, NULL, 0);
+    ASSERT_EQ(pg_graph_grad(g, l, w, -1), 2);
+    ASSERT_EQ(pg_graph_grad(g, l, w, 5), -PG_EBAD_REQUEST);
+    ASSERT_EQ(pg_graph_size(g), 3);
+    pg_graph_free(g);
+
+    pg_stats_t st;
+    ASSERT_EQ(pg_stats(c, &st), 0);
+    ASSERT_EQ(st.session_tensors, 1);
+    pg_close(c);
+    ASSERT_EQ(daemon_stop(&d, SIGTERM), 0);
+    return 0;
+}
+
 #define TEST_LIST(X)                                                                               \
     X(put_get_every_dtype)                                                                         \
     X(errors_and_stats)                                                                            \
     X(dead_daemon_then_reconnect)                                                                  \
     X(graph_matmul_relu)                                                                           \
-    X(graph_errors)
+    X(graph_errors)                                                                                \
+    X(graph_assign)
 
 int main(int argc, char **argv) {
     static const task_entry_t tests[] = {TEST_LIST(TASK_ENTRY)};

@@ -97,6 +97,10 @@ PG_API int pg_free(pg_conn_t *c, uint64_t handle);
 /* Reads the daemon's counters. */
 PG_API int pg_stats(pg_conn_t *c, pg_stats_t *out);
 
+/* Whether the daemon serves op: a request op (hello's `ops`, e.g. "explain") or a graph node op
+ * (hello's `node_ops`, e.g. "grad" once autodiff is in). Returns 1 or 0. Costs no round trip:
+ * the lists are the ones received at pg_connect() or the last pg_reconnect(). */
+PG_API int pg_has_op(const pg_conn_t *c, const char *op);
 /* Releases what pg_get() stored in t (t itself is the caller's). */
 PG_API void pg_tensor_release(pg_tensor_t *t);
 /* The error of the last failed call on c. */
@@ -240,6 +244,19 @@ PG_API int pg_graph_scalar(pg_graph_t *g, double value);
  * Returns the node index or a negative code; the daemon checks the op and its attributes. */
 PG_API int pg_graph_op(pg_graph_t *g, const char *op, const int *inputs, int ninputs,
                        const pg_attr_t *attrs, int nattrs);
+
+/* Adds a `grad` node: the gradient d(sum(y * gy))/dx, with x's shape and dtype (PROTOCOL.md,
+ * `grad`). y and x are node indices; gy is the output gradient's node, or -1 for none (then y
+ * must hold exactly one element, a loss). Every grad node of a graph with the same (y, gy)
+ * shares one reverse pass in the daemon. Returns the node index or a negative code. */
+PG_API int pg_graph_grad(pg_graph_t *g, int y, int x, int gy);
+/* Adds an `assign` node: when the run succeeds, session handle `handle` holds the result of node
+ * `value` (which must have the handle's shape and dtype exactly). Every `input` of the handle in
+ * the same run reads the old value; a failed run assigns nothing (PROTOCOL.md, `assign`). The
+ * node's own result is the value, so it may be an output or an input of later nodes; it runs
+ * even when no output names it, and a graph with an assign may run with no outputs at all
+ * (pg_run(c, g, NULL, 0, NULL)). Returns the node index or a negative code. */
+PG_API int pg_graph_assign(pg_graph_t *g, uint64_t handle, int value);
 
 /*
  * Runs g in c's session and fills results[0..nouts) in the order of outs[0..nouts). g is

@@ -263,6 +263,47 @@ static int simple(pg_conn_t *c, const char *op, const char *key, uint64_t val) {
  * The API
  * =========================================================================================== */
 
+/* Keeps a copy of the names in hello's `ops` and `node_ops` lists (either may be missing: an
+ * older daemon has no `node_ops`) in c->ops for pg_has_op(). Keeps nothing when memory runs out:
+ * pg_has_op then says 0. */
+static void keep_ops(pg_conn_t *c, const msgpack_object *map) {
+    const msgpack_object *lists[2] = {proto_find(map, "ops"), proto_find(map, "node_ops")};
+    free(c->ops);
+    c->ops = NULL;
+    c->ops_len = 0;
+    size_t len = 0;
+    for (int l = 0; l < 2; l++)
+        for (uint32_t i = 0; lists[l] && lists[l]->type == MSGPACK_OBJECT_ARRAY &&
+                             i < lists[l]->via.array.size; i++)
+            if (lists[l]->via.array.ptr[i].type == MSGPACK_OBJECT_STR)
+                len += lists[l]->via.array.ptr[i].via.str.size + 1;
+    if (len == 0 || !(c->ops = malloc(len)))
+        return;
+    for (int l = 0; l < 2; l++)
+        for (uint32_t i = 0; lists[l] && lists[l]->type == MSGPACK_OBJECT_ARRAY &&
+                             i < lists[l]->via.array.size; i++) {
+            const msgpack_object *o = &lists[l]->via.array.ptr[i];
+            if (o->type != MSGPACK_OBJECT_STR)
+                continue;
+            memcpy(c->ops + c->ops_len, o->via.str.ptr, o->via.str.size);
+            c->ops_len += o->via.str.size;
+            c->ops[c->ops_len++] = '\0';
+        }
+}
+
+int pg_has_op(const pg_conn_t *c, const char *op) {
+    if (!c || !op)
+        return 0;
+    size_t n = strlen(op);
+    for (size_t at = 0; at < c->ops_len;) {
+        size_t len = strnlen(c->ops + at, c->ops_len - at);
+        if (len == n && memcmp(c->ops + at, op, n) == 0)
+            return 1;
+        at += len + 1;
+    }
+    return 0;
+}
+
 static int hello(pg_conn_t *c) {
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -275,8 +316,10 @@ static int hello(pg_conn_t *c) {
     pg__add_id(c, &pk);
     int rc = pg__roundtrip(c, &sb, NULL, 0, &r);
     msgpack_sbuffer_destroy(&sb);
-    if (rc == 0)
+    if (rc == 0) {
+        keep_ops(c, r.map);
         pg__reply_free(&r);
+    }
     return rc;
 }
 
@@ -321,6 +364,7 @@ void pg_close(pg_conn_t *c) {
         return;
     if (c->fd >= 0)
         close(c->fd);
+    free(c->ops);
     free(c);
 }
 

@@ -9,6 +9,8 @@
  *
  *   pg_graph_input(g, 5)              ->  {"op": "input", "handle": 5}
  *   pg_graph_op(g, "add", {0, 1}, 2)  ->  {"op": "add", "in": [0, 1]}
+ *   pg_graph_grad(g, 2, 0, -1)        ->  {"op": "grad", "in": [2, 0]}
+ *   pg_graph_assign(g, 5, 3)          ->  {"op": "assign", "in": [3], "handle": 5}
  *
  * Every builder call checks its arguments before packing a byte, and rolls the buffer back when
  * packing runs out of memory, so a failed call leaves the graph exactly as it was.
@@ -164,6 +166,22 @@ int pg_graph_scalar(pg_graph_t *g, double value) {
     rc |= proto_pack_cstr(&g->pk, "value");
     rc |= msgpack_pack_double(&g->pk, value);
     return finish(g, mark, rc, "const");
+}
+
+int pg_graph_grad(pg_graph_t *g, int y, int x, int gy) {
+    int in[3] = {y, x, gy};
+    return pg_graph_op(g, "grad", in, gy < 0 ? 2 : 3, NULL, 0);
+}
+
+int pg_graph_assign(pg_graph_t *g, uint64_t handle, int value) {
+    int rc = check_node(g, "assign", &value, 1);
+    if (rc)
+        return rc;
+    size_t mark = g->nodes.size;
+    rc = pack_head(g, "assign", &value, 1, 1);
+    rc |= proto_pack_cstr(&g->pk, "handle");
+    rc |= msgpack_pack_uint64(&g->pk, handle);
+    return finish(g, mark, rc, "assign");
 }
 
 /* Checks one attribute of node g->n (op); attrs[0..k) are the ones before it. */

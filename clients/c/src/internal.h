@@ -21,6 +21,9 @@ struct pg_conn {
     uint64_t next_id;    /* request ids, increasing */
     pg_error_t err;      /* the last error */
     char errbuf[300];    /* pg_strerror's text */
+    char *ops;           /* hello's `ops`: names back to back, each NUL-terminated (owned,
+                          * malloc; NULL before hello or when the reply had none) */
+    size_t ops_len;      /* bytes of ops */
 };
 
 /* A decoded reply; frame owns the bytes msg points into. */

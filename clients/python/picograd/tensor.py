@@ -31,6 +31,9 @@ corrupt the stream); the queue goes out pipelined in front of the next `run`/`ge
 connection, or with pg.flush().
 
 Everything here is immutable: there are no in-place ops, so tensors may share handles and graphs.
+The one exception is the low-level hook _commit() (``from picograd.tensor import _commit``), on
+which optimizers are built: it sends one `run` whose `assign` nodes point realized tensors'
+handles at new values when the run succeeds (PROTOCOL.md, `assign`). See its docstring.
 """
 
 import builtins
@@ -1556,6 +1559,131 @@ def _outliving(order, kept_ids, dying_ids):
             alive.add(id(t))
             held.update(id(i) for i in t._inputs)
     return alive
+
+
+class _Site:
+    """Stands in for a Tensor in a graph's ``order`` where a wire node has no Tensor of its own
+    (an `assign`): _with_site reads only ``_site``."""
+
+    __slots__ = ("_site",)
+
+    def __init__(self, site):
+        self._site = site
+
+
+def _commit(assigns=(), outputs=(), keep=True):
+    """Sends ONE `run` that evaluates ``outputs`` and replaces the values of realized tensors.
+
+    ``assigns`` is a sequence of ``(target, value)`` pairs. ``target`` must be a realized Tensor
+    (a daemon handle); ``value`` a Tensor, pending or realized, with exactly the target's shape
+    and dtype (no broadcasting, no promotion: cast first). After the call the target Tensor
+    object and its handle are unchanged, but the handle holds the value. The daemon replaces its
+    handle's tensor pointer at commit (it never writes into the old tensor), so:
+
+    - every read of a target inside this run (in any value or output) sees its OLD value, the
+      assigns all take effect together, and their order does not matter;
+    - a run that fails (a ShapeError found here, or any daemon error: bad shape, an index out of
+      range while running, ...) assigns nothing and raises PicogradError;
+    - pending Tensors built earlier from a target read it when THEY run, i.e. they will see the
+      NEW value. A caller that must keep the old value for them (an optimizer stepping while
+      the user still holds an unevaluated graph) asks for a snapshot: put the target itself in
+      ``outputs`` and use the Tensor returned for it.
+
+    ``outputs`` are Tensors to evaluate in the same run. With ``keep`` true the call returns a
+    list with one realized Tensor per output, in order:
+
+    - a pending output is realized in place, as pg.realize() does, and returned (the same
+      object); it is computed from the old values of the targets;
+    - a realized output that is also a target gives a NEW Tensor, a new handle holding the
+      target's value from before the assign (the snapshot);
+    - any other realized output is returned as it is (it costs nothing in the run).
+
+    With ``keep`` false nothing new is kept: it returns one numpy array per output, the old
+    value for a target. Two assigns to one handle (the same target twice, or two Tensors sharing
+    a handle) raise PicogradError("bad_request"); all targets and the graph must belong to one
+    connection. Without outputs it returns []. Node limits are those of realize(): a graph over
+    MAX_RUN_NODES is evaluated in pieces first, and the assigns go with the last piece.
+
+        w = pg.tensor([1.0, 2.0])                  # a parameter
+        g = (w * w).sum()                          # ... something computed from it
+        old, = _commit([(w, w - 0.1 * w)], [w])    # w now holds [0.9, 1.8]; old holds [1, 2]
+    """
+    assigns, outputs = list(assigns), list(outputs)
+    targets = {}  # id(_Buffer) -> index in assigns
+    for k, pair in enumerate(assigns):
+        try:
+            target, value = pair
+        except (TypeError, ValueError):
+            raise TypeError(f"_commit: assigns[{k}] must be a (target, value) pair") from None
+        _need_tensor("_commit", target)
+        _need_tensor("_commit", value)
+        if target._buf is None:
+            raise PicogradError("bad_request", f"_commit: assigns[{k}]: the target must be a "
+                                               f"realized tensor, not a pending {target._op}")
+        if value._shape != target._shape:
+            raise ShapeError(f"_commit: assigns[{k}]: the value has shape "
+                             f"{shapes.fmt(value._shape)} but the target holds "
+                             f"{shapes.fmt(target._shape)}")
+        if value._dtype is not target._dtype:
+            raise ShapeError(f"_commit: assigns[{k}]: the value is {value._dtype} but the target "
+                             f"holds {target._dtype}", code="bad_dtype")
+        first = targets.setdefault(id(target._buf), k)
+        if first != k:
+            raise PicogradError("bad_request", f"_commit: assigns[{first}] and assigns[{k}] "
+                                               f"both assign handle {target._buf.handle}")
+    for t in outputs:
+        _need_tensor("_commit", t)
+    if not assigns and not outputs:
+        return []
+
+    # One wire output per distinct tensor that needs one; how each result comes back.
+    roots = [value for _, value in assigns] + outputs
+    nodes, order, index = _build(roots)
+    while len(nodes) + len(assigns) > MAX_RUN_NODES:
+        _split_big_graph(order, index)
+        nodes, order, index = _build(roots)
+    conn = _graph_conn(order + [target for target, _ in assigns])
+    site = _Site(_user_site())
+    for target, value in assigns:
+        nodes.append({"op": "assign", "in": [index[_key(value)]], "handle": target._buf.handle})
+        order.append(site)
+    wire, slot, how = [], {}, []  # wire outputs; _key -> its position; per output: (kind, pos)
+    for t in outputs:
+        kind = ("data" if not keep else "adopt" if t._buf is None
+                else "snapshot" if id(t._buf) in targets else "same")
+        if kind != "same" and _key(t) not in slot:
+            slot[_key(t)] = len(wire)
+            wire.append({"node": index[_key(t)], "keep": kind != "data"})
+        how.append((kind, slot.get(_key(t))))
+    try:
+        reply = _exchange(conn, "run", nodes=nodes, outputs=wire)
+    except PicogradError as exc:
+        raise _with_site(exc, order) from None
+    results = reply.get("outputs")
+    if not isinstance(results, list) or len(results) != len(wire):
+        raise PicogradError("bad_reply", f"a run reply needs {len(wire)} outputs")
+    out, mismatch, made = [], [], {}
+    for t, (kind, pos) in zip(outputs, how):
+        if kind == "same":
+            out.append(t)
+        elif kind == "data":
+            out.append(_decode(results[pos]))
+        elif kind == "adopt":
+            if pos not in made:  # of equal keys (one tensor twice, equal numbers) one adopts
+                _adopt(t, conn, results[pos], mismatch)
+                made[pos] = t
+            out.append(made[pos])
+        else:
+            if pos not in made:
+                snap = Tensor._make(None, (), None, t._shape, t._dtype, conn)
+                snap._site = t._site
+                _adopt(snap, conn, results[pos], mismatch)
+                made[pos] = snap
+            out.append(made[pos])
+    if mismatch:
+        raise PicogradError("bad_reply", "the daemon and the client disagree on "
+                                         + "; ".join(mismatch))
+    return out
 
 
 def _adopt(t, conn, res, mismatch):
