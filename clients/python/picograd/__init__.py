@@ -32,7 +32,10 @@ from .shapes import DimError, ShapeError, Size
 from .tensor import Tensor, explain
 from .functional import *  # noqa: F401,F403  (pg.zeros, pg.cat, pg.exp, ...)
 from .functional import abs, all, any, max, min, pow, sum  # noqa: F401  (not in * on purpose)
-from . import autograd, functional, nn
+from . import autograd, functional
+from .autograd_api import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
+from .serialization import load, save
+from . import nn, optim
 
 # torch's other names for the dtypes.
 float = float32
@@ -65,5 +68,13 @@ __all__ = [
     "double",
     "long",
     "nn",
+    "optim",
     "autograd",
+    "no_grad",
+    "enable_grad",
+    "set_grad_enabled",
+    "is_grad_enabled",
+    "inference_mode",
+    "save",
+    "load",
 ] + functional.__all__

@@ -118,7 +118,7 @@ def requires_grad_(t, requires_grad=True):
             from .tensor import _mark_mutable
             _mark_mutable(t)
         elif not t._weak:
-            _LAZY.add(t)  # realized (and made mutable) before an optimizer or module uses it
+            _LAZY[id(t)] = t  # realized (and made mutable) before an optimizer or module uses it
     return t
 
 

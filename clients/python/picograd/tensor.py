@@ -119,17 +119,17 @@ class _ConnState:
 # Pending leaves that must become daemon handles before an optimizer assigns to them: leaves
 # made to require grad while pending, lazy nn.Parameters and module buffers. Modules and
 # optimizers realize them all in one run (realize_lazy) before they build anything over them.
-_LAZY = weakref.WeakSet()
+_LAZY = weakref.WeakValueDictionary()  # id -> Tensor (a WeakSet would compare with ==)
 
 
 def realize_lazy():
     """Realizes every pending tensor in _LAZY in one run (and makes them mutable)."""
-    lazy = [t for t in _LAZY if t._buf is None]
+    lazy = [t for t in list(_LAZY.values()) if t._buf is None]
     if lazy:
         _execute(keep=lazy)
         for t in lazy:
             _mark_mutable(t)
-            _LAZY.discard(t)
+            _LAZY.pop(id(t), None)
 
 
 _states = weakref.WeakKeyDictionary()  # Connection -> _ConnState; does not keep it alive
@@ -160,7 +160,7 @@ class _Buffer:
         self.handle = handle
         self.session = conn.server_info
         # A *mutable* buffer (a parameter, an optimizer state, a BatchNorm running stat: a
-        # target of `assign`) has ``readers``, a WeakSet of the pending Tensors built over it,
+        # target of `assign`) has ``readers``, a WeakValueDictionary (id -> Tensor) of the pending Tensors built over it,
         # and ``pending``, the value an assign will give it at the next run (None: none).
         # See _mark_mutable, _assign_later and _execute.
         self.readers = None
@@ -1007,7 +1007,7 @@ def _node(op, inputs, attrs, shape, dtype):
         for t in inputs:
             b = t._buf
             if b is not None and b.readers is not None:
-                b.readers.add(out)
+                b.readers[id(out)] = out
     if rg and _local.grad_enabled and dtype.is_floating_point and op not in _NO_GRAD_OPS:
         out._rg = 2
     return out
@@ -1399,7 +1399,7 @@ def _mark_mutable(t):
     if b is None:
         raise PicogradError("bad_request", "only a realized tensor can be assigned to")
     if b.readers is None:
-        b.readers = weakref.WeakSet()
+        b.readers = weakref.WeakValueDictionary()
     return b
 
 
@@ -1477,7 +1477,7 @@ def _execute(keep=(), fetch=(), assigns=None, cache=(), split=False):
                 continue
             if alive is None:  # only when some assigned buffer has pending readers at all
                 alive = _outliving(order, kept_ids, {id(v) for v in values})
-            readers = [r for r in b.readers if r._buf is None and id(r) not in kept_ids and
+            readers = [r for r in b.readers.values() if r._buf is None and id(r) not in kept_ids and
                        (("t", id(r)) not in index or id(r) in alive)]
             if readers:
                 k = ("h", id(b))
@@ -1700,8 +1700,8 @@ def _adopt(t, conn, res, mismatch):
         t._shape, t._dtype = Size(shape), dtype
     t._buf, t._conn = buf, conn
     if t._rg == 1:  # a leaf that requires grad: an optimizer may assign to it
-        buf.readers = weakref.WeakSet()
-        _LAZY.discard(t)
+        buf.readers = weakref.WeakValueDictionary()
+        _LAZY.pop(id(t), None)
     elif t._rg == 2 and t._ag is None:
         t._ag = (t._op, t._inputs, t._attrs)  # backward() may still need the graph behind it
     t._op, t._inputs, t._attrs = None, (), None
