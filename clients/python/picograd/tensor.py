@@ -1013,6 +1013,22 @@ def _node(op, inputs, attrs, shape, dtype):
     return out
 
 
+def _fast(op, inputs, attrs, shape, dtype, conn):
+    """A pending node whose shape and dtype the caller already knows (an optimizer's update,
+    where every tensor has its parameter's shape and dtype): no inference, no promotion, no
+    autograd (grad mode is off there) and no pending-assign substitution; mutable inputs
+    still record their reader."""
+    t = Tensor.__new__(Tensor)
+    t._op, t._inputs, t._attrs, t._shape, t._dtype = op, inputs, attrs, shape, dtype
+    t._buf, t._conn, t._weak, t._site = None, conn, False, _local.site
+    t._rg, t._grad, t._ag, t._val = 0, None, None, None
+    for i in inputs:
+        b = i._buf
+        if b is not None and b.readers is not None:
+            b.readers[id(t)] = t
+    return t
+
+
 def _scalar_value(x):
     """Returns ``x`` as a plain Python bool/int/float (what msgpack sends); raises TypeError."""
     if isinstance(x, Tensor):
@@ -1301,10 +1317,12 @@ def _index_int(k):
 
 def _key(t):
     """Identity of a graph node for deduplication: tensors sharing a handle are one `input`,
-    equal numbers are one `const` (repr keeps -0.0 apart from 0.0 and 1 apart from 1.0)."""
+    equal numbers are one `const` (repr keeps -0.0 apart from 0.0 and 1 apart from 1.0). A
+    number made with ``weak=2`` (an optimizer's learning rate) is a node of its own, so the
+    graph's shape never depends on whether it happens to equal another number."""
     if t._buf is not None:
         return ("h", id(t._buf))
-    if t._weak:
+    if t._weak is True:
         return ("c", repr(t._attrs["value"]))
     return ("t", id(t))
 
@@ -1314,31 +1332,44 @@ def _build(roots):
     topological order, the Tensor behind each node, and _key -> node index.
 
     An explicit stack replaces recursion. A node is pushed once "unexpanded"; popping it pushes
-    it back "ready" with its inputs above it, so it is emitted after all of them.
+    it back "ready" with its inputs above it, so it is emitted after all of them. ``seen``
+    (id of a Tensor object -> its node) spares most _key calls: a step's graph is rebuilt
+    every step, so this loop is on the hot path of training.
     """
     nodes, order, index = [], [], {}
+    seen = {}
     stack = [(t, False) for t in reversed(roots)]
+    pop, push = stack.pop, stack.append
     while stack:
-        t, ready = stack.pop()
-        k = _key(t)
-        if k in index:
+        t, ready = pop()
+        if id(t) in seen:
             continue
-        if t._buf is None and t._inputs and not ready:
-            stack.append((t, True))
-            for i in reversed(t._inputs):
-                if _key(i) not in index:
-                    stack.append((i, False))
-            continue
-        if t._buf is not None:
-            node = {"op": "input", "handle": t._buf.handle}
+        buf = t._buf
+        if buf is None:
+            inputs = t._inputs
+            if inputs and not ready:
+                push((t, True))
+                for i in reversed(inputs):
+                    if id(i) not in seen:
+                        push((i, False))
+                continue
+            k = ("c", repr(t._attrs["value"])) if t._weak is True else ("t", id(t))
         else:
-            node = {"op": t._op}
-            if t._inputs:
-                node["in"] = [index[_key(i)] for i in t._inputs]
-            node.update(t._attrs)
-        index[k] = len(nodes)
-        nodes.append(node)
-        order.append(t)
+            k = ("h", id(buf))
+        j = index.get(k)
+        if j is None:
+            j = index[k] = len(nodes)
+            if buf is not None:
+                node = {"op": "input", "handle": buf.handle}
+            else:
+                node = {"op": t._op}
+                if inputs:
+                    node["in"] = [seen[id(i)] for i in inputs]
+                if t._attrs:
+                    node.update(t._attrs)
+            nodes.append(node)
+            order.append(t)
+        seen[id(t)] = j
     return nodes, order, index
 
 

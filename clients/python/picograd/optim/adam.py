@@ -1,7 +1,8 @@
 """picograd.optim.Adam and AdamW: torch 1.13's single-tensor formulas, one run per step."""
 
+from .. import dtypes
 from .. import functional as _f
-from .optimizer import Optimizer, _hyper
+from .optimizer import Optimizer, _Ops, _const, _hyper
 
 __all__ = ["Adam", "AdamW"]
 
@@ -50,39 +51,43 @@ class Adam(Optimizer):
         return st
 
     def _hypers(self, group):
-        h = {"lr": _hyper(group["lr"])}
+        beta1, beta2 = group["betas"]
+        h = {"lr": _hyper(group["lr"]), "one": _const(1), "b1": _const(beta1),
+             "omb1": _const(1 - beta1), "b2": _const(beta2), "omb2": _const(1 - beta2),
+             "eps": _const(group["eps"]), "wd": _const(group["weight_decay"])}
         if self._decoupled:
             h["decay"] = _hyper(1 - group["lr"] * group["weight_decay"])
         return h
 
-    def _update(self, p, grad, state, group, hyper):
-        beta1, beta2 = group["betas"]
-        wd, eps = group["weight_decay"], group["eps"]
-        g = -grad if group["maximize"] else grad
+    def _update(self, p, grad, state, group, c):
+        o = _Ops(p)
+        f64 = dtypes.float64
+        g = o.t("neg", grad) if group["maximize"] else grad
         step_t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-        new_step = step_t + 1
+        new_step = o.s("add", step_t._dtype, step_t, c["one"])
         out = [(step_t, new_step)]
         p_base = p
-        if wd != 0:
+        if group["weight_decay"] != 0:
             if self._decoupled:
-                p_base = p * hyper["decay"]
+                p_base = o.t("mul", p, c["decay"])
             else:
-                g = g + p * wd
-        new_m = m * beta1 + g * (1 - beta1)
-        new_v = v * beta2 + (g * g) * (1 - beta2)
+                g = o.t("add", g, o.t("mul", p, c["wd"]))
+        new_m = o.t("add", o.t("mul", m, c["b1"]), o.t("mul", g, c["omb1"]))
+        new_v = o.t("add", o.t("mul", v, c["b2"]), o.t("mul", o.t("mul", g, g), c["omb2"]))
         out += [(m, new_m), (v, new_v)]
-        step = new_step.double()
-        bias1 = 1 - beta1 ** step
-        bias2_sqrt = (1 - beta2 ** step).sqrt()
-        step_size = (hyper["lr"] / bias1).to(p.dtype)
+        step = o.cast(new_step, f64)
+        bias1 = o.s("sub", f64, c["one"], o.s("pow", f64, c["b1"], step))
+        bias2_sqrt = o.s("sqrt", f64, o.s("sub", f64, c["one"], o.s("pow", f64, c["b2"], step)))
+        step_size = o.cast(o.s("div", f64, c["lr"], bias1), p._dtype)
         if group["amsgrad"]:
             vmax = state["max_exp_avg_sq"]
-            new_vmax = vmax.maximum(new_v)
-            out.append((vmax, new_vmax))
-            denom = new_vmax.sqrt() / bias2_sqrt.to(p.dtype) + eps
+            v_hat = o.t("maximum", vmax, new_v)
+            out.append((vmax, v_hat))
         else:
-            denom = new_v.sqrt() / bias2_sqrt.to(p.dtype) + eps
-        out.append((p, p_base - step_size * (new_m / denom)))
+            v_hat = new_v
+        denom = o.t("add", o.t("div", o.t("sqrt", v_hat), o.cast(bias2_sqrt, p._dtype)),
+                    c["eps"])
+        out.append((p, o.t("sub", p_base, o.t("mul", step_size, o.t("div", new_m, denom)))))
         return out
 
 

@@ -18,9 +18,43 @@ import collections
 
 from .. import functional as _f
 from ..autograd_api import no_grad, take_backward_outputs
-from ..tensor import Tensor, _execute, _local, _mark_mutable, _user_site, _weak, realize_lazy
+from .. import dtypes
+from ..shapes import Size
+from ..tensor import (Tensor, _execute, _fast, _local, _mark_mutable, _user_site, _weak,
+                      realize_lazy)
 
 __all__ = ["Optimizer", "required"]
+
+_SCALAR = Size(())
+
+
+class _Ops:
+    """Builds one parameter's update graph fast: every tensor has the parameter's shape and
+    dtype, or is a 0-d scalar, so nodes are made without shape inference or promotion
+    (tensor._fast). ``t(op, *inputs)`` is a parameter-shaped node, ``s(op, dtype, *inputs)``
+    a scalar, ``cast(x, dtype)`` a scalar cast."""
+
+    __slots__ = ("shape", "dtype", "conn")
+
+    def __init__(self, p):
+        self.shape, self.dtype, self.conn = p._shape, p._dtype, p._conn
+
+    def t(self, op, *inputs):
+        return _fast(op, inputs, None, self.shape, self.dtype, self.conn)
+
+    def s(self, op, dtype, *inputs):
+        return _fast(op, inputs, None, _SCALAR, dtype, self.conn)
+
+    def cast(self, x, dtype):
+        if x._dtype is dtype:
+            return x
+        return _fast("cast", (x,), {"dtype": dtype.name}, x._shape, dtype, self.conn)
+
+
+def _const(value):
+    """A Python number as a weak scalar (torch's "wrapped number": it takes the tensor's
+    dtype)."""
+    return _weak(value)
 
 
 class _Required:
@@ -140,22 +174,37 @@ class Optimizer:
                         g = p._grad
                         if g is None:
                             continue
-                        grads.append(g)
+                        if g._buf is None:
+                            # The new gradient lands in the parameter's own daemon tensor
+                            # (an assign, like torch's in-place accumulation): no new handle
+                            # per step, so nothing to free next step.
+                            gbuf = self._gbufs[id(p)]
+                            assigns.append((gbuf, g))
+                            grads.append((p, gbuf))
                         assigns.extend(self._update(p, g, self.state[p], group, hyper))
         finally:
             _local.site = prev
         outs = take_backward_outputs()
         fetch = [o for o in outs if o.numel() == 1]
-        _execute(keep=grads + outs, fetch=fetch, assigns=assigns, cache=fetch)
+        _execute(keep=outs, fetch=fetch, assigns=assigns, cache=fetch)
+        for p, gbuf in grads:
+            p._grad = gbuf
         self._step_count += 1
         return loss
 
     def _create_state(self):
-        """Makes the state of parameters that have none yet, realized in one run."""
+        """Makes the state of parameters that have none yet (and the daemon tensor each
+        parameter's gradient is assigned to), realized in one run."""
         made = []
+        gbufs = self.__dict__.setdefault("_gbufs", {})
         for group in self.param_groups:
             for p in group["params"]:
-                if p._grad is None or self.state.get(p):
+                if p._grad is None:
+                    continue
+                if id(p) not in gbufs:
+                    gbufs[id(p)] = gb = _f.zeros(p.shape, dtype=p.dtype)
+                    made.append(gb)
+                if self.state.get(p):
                     continue
                 st = self._init_state(p, group)
                 self.state[p].update(st)

@@ -2,7 +2,7 @@
 
 from .. import functional as _f
 from ..tensor import where
-from .optimizer import Optimizer, _hyper, required
+from .optimizer import Optimizer, _Ops, _const, _hyper, required
 
 __all__ = ["SGD"]
 
@@ -49,14 +49,15 @@ class SGD(Optimizer):
             state["_started"] = _f.ones((), dtype=p.dtype)
 
     def _hypers(self, group):
-        return {"neg_lr": _hyper(-group["lr"])}
+        return {"neg_lr": _hyper(-group["lr"]), "wd": _const(group["weight_decay"]),
+                "momentum": _const(group["momentum"])}
 
-    def _update(self, p, grad, state, group, hyper):
+    def _update(self, p, grad, state, group, c):
+        o = _Ops(p)
         momentum, dampening = group["momentum"], group["dampening"]
-        wd = group["weight_decay"]
-        d_p = -grad if group["maximize"] else grad
-        if wd != 0:
-            d_p = d_p + p * wd
+        d_p = o.t("neg", grad) if group["maximize"] else grad
+        if group["weight_decay"] != 0:
+            d_p = o.t("add", d_p, o.t("mul", p, c["wd"]))
         out = []
         if momentum != 0:
             buf = state.get("momentum_buffer")
@@ -71,9 +72,10 @@ class SGD(Optimizer):
                     new_buf = buf * momentum + d_p * coef
                     out.append((started, _f.ones_like(started)))
             else:
-                new_buf = buf * momentum + d_p
+                new_buf = o.t("add", o.t("mul", buf, c["momentum"]), d_p)
             if buf is not None:
                 out.append((buf, new_buf))
-            d_p = d_p + new_buf * momentum if group["nesterov"] else new_buf
-        out.append((p, p + d_p * hyper["neg_lr"]))
+            d_p = o.t("add", d_p, o.t("mul", new_buf, c["momentum"])) if group["nesterov"] \
+                else new_buf
+        out.append((p, o.t("add", p, o.t("mul", d_p, c["neg_lr"]))))
         return out
