@@ -124,9 +124,18 @@ _LAZY = weakref.WeakValueDictionary()  # id -> Tensor (a WeakSet would compare w
 
 def realize_lazy():
     """Realizes every pending tensor in _LAZY in one run (and makes them mutable)."""
-    lazy = [t for t in list(_LAZY.values()) if t._buf is None]
-    if lazy:
-        _execute(keep=lazy)
+    groups = {}
+    for t in list(_LAZY.values()):
+        if t._buf is None and (t._conn is None or not t._conn.closed):
+            groups.setdefault(id(t._conn), []).append(t)
+        elif t._buf is not None or t._conn.closed:
+            _LAZY.pop(id(t), None)
+    for lazy in groups.values():
+        # fills one `put` each (see _realize_distinct), the rest in one run
+        _realize_distinct([t for t in lazy if t._op == "full"])
+        rest = [t for t in lazy if t._buf is None]
+        if rest:
+            _execute(keep=rest)
         for t in lazy:
             _mark_mutable(t)
             _LAZY.pop(id(t), None)
@@ -1434,6 +1443,26 @@ def _mark_mutable(t):
     return b
 
 
+def _realize_distinct(tensors):
+    """Realizes pending ``full`` tensors (zeros of new optimizer state, lazy buffers) as
+    tensors of their own, one `put` each, and makes them mutable.
+
+    A run would do it in one round trip, but the daemon may merge equal `full` nodes into one
+    tensor under several handles; a shared tensor cannot be written in place, so the first
+    step would plan differently from the next ones (one more plan miss and compile)."""
+    for t in tensors:
+        if t._buf is not None:
+            continue
+        if t._op != "full":
+            _execute(keep=[t])
+        else:
+            conn = t._conn if t._conn is not None else default_connection()
+            arr = np.full(tuple(t._shape), t._attrs["value"], dtype=t._dtype.numpy_dtype)
+            t._buf, t._conn = _Buffer(conn, conn.put(arr)), conn
+            t._op, t._inputs, t._attrs = None, (), None
+        _mark_mutable(t)
+
+
 def _assign_later(target, value):
     """Queues ``target := value`` for the next `run` on target's connection (any run: every
     _execute sends the queued assigns). Until then every new op over ``target`` reads
@@ -1575,6 +1604,9 @@ def _outliving(order, kept_ids, dying_ids):
     for t in order:
         for i in t._inputs:
             inner[id(i)] = inner.get(id(i), 0) + 1
+    if order:
+        del t       # the loop variables would otherwise count as references below
+        i = None
     held = set()
     alive = set()
     getrc = sys.getrefcount

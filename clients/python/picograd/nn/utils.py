@@ -14,8 +14,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     most ``max_norm``, with torch's coefficient max_norm / (total + 1e-6) clamped to 1.0.
     Returns the total norm (a pending 0-d tensor: nothing is sent; the grads become pending
     products, realized with the optimizer step's run)."""
-    if isinstance(parameters, Tensor):
-        parameters = [parameters]
+    parameters = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     grads = [p.grad for p in parameters if p.grad is not None]
     max_norm, norm_type = float(max_norm), float(norm_type)
     if not grads:
@@ -46,8 +45,7 @@ def _vector_norm(x, p):
 
 
 def clip_grad_value_(parameters, clip_value):
-    if isinstance(parameters, Tensor):
-        parameters = [parameters]
+    parameters = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     clip_value = float(clip_value)
     with no_grad():
         for p in parameters:

@@ -20,8 +20,8 @@ from .. import functional as _f
 from ..autograd_api import no_grad, take_backward_outputs
 from .. import dtypes
 from ..shapes import Size
-from ..tensor import (Tensor, _execute, _fast, _local, _mark_mutable, _user_site, _weak,
-                      realize_lazy)
+from ..tensor import (Tensor, _execute, _fast, _local, _mark_mutable, _realize_distinct,
+                      _user_site, _weak, realize_lazy)
 
 __all__ = ["Optimizer", "required"]
 
@@ -210,9 +210,7 @@ class Optimizer:
                 self.state[p].update(st)
                 made.extend(t for t in st.values() if isinstance(t, Tensor))
         if made:
-            _execute(keep=made)
-            for t in made:
-                _mark_mutable(t)
+            _realize_distinct(made)
 
     # -- state_dict ----------------------------------------------------------------------------
 
