@@ -16,10 +16,18 @@ The wire level sends requests by hand:
     assert (conn.get(h) == 1).all()
     conn.free(h)
 
+Training looks like PyTorch, and each optimizer step is one request:
+
+    model = pg.nn.Sequential(pg.nn.Linear(4, 8), pg.nn.ReLU(), pg.nn.Linear(8, 1))
+    opt = pg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt.zero_grad(); loss = pg.nn.MSELoss()(model(x), y); loss.backward(); opt.step()
+
 The wire protocol is protocol/PROTOCOL.md; ``picograd.wire`` implements it and ``picograd.client``
 wraps it in ``Connection``. ``picograd.tensor`` holds the Tensor and graph execution,
 ``picograd.shapes`` the shape and dtype rules, ``picograd.functional`` the pg.* functions and
-``picograd.nn.functional`` the layers and losses.
+``picograd.nn.functional`` the layers and losses; ``picograd.autograd_api`` requires_grad,
+backward and no_grad, ``picograd.nn`` the modules, ``picograd.optim`` the optimizers and
+``picograd.serialization`` pg.save / pg.load.
 """
 
 from .client import DTYPES, Connection, connect, default_connection

@@ -169,8 +169,9 @@ class _Buffer:
         self.handle = handle
         self.session = conn.server_info
         # A *mutable* buffer (a parameter, an optimizer state, a BatchNorm running stat: a
-        # target of `assign`) has ``readers``, a WeakValueDictionary (id -> Tensor) of the pending Tensors built over it,
-        # and ``pending``, the value an assign will give it at the next run (None: none).
+        # target of `assign`) has ``readers``, a WeakValueDictionary (id -> Tensor) of the
+        # pending Tensors built over it, and ``pending``, the value an assign will give it at
+        # the next run (None: none).
         # See _mark_mutable, _assign_later and _execute.
         self.readers = None
         self.pending = None
