@@ -36,11 +36,13 @@ echo "== Python client and integration tests (Release)"
 "$PY" -m pytest -q -p no:cacheprovider clients/python/tests tests/integration
 # Every conformance loop compiled (--jit-min-work 0): a few thousand kernels to compile cold
 # (~13 min on 2 cores), so CI runs the nn, movement and index suites (~1 min) and --full-jit all.
+# The gradient suite runs compiled too (~1 min cold): backward graphs fuse like any others.
 echo "== Conformance tests with every loop compiled (--jit-min-work 0)"
 if ((full_jit)); then
-    conf=(tests/integration/test_conformance_*.py)
+    conf=(tests/integration/test_conformance_*.py tests/integration/test_autodiff.py)
 else
-    conf=(tests/integration/test_conformance_{nn,movement,linalg_index}.py)
+    conf=(tests/integration/test_conformance_{nn,movement,linalg_index}.py
+          tests/integration/test_autodiff.py)
 fi
 PICOGRAD_TEST_DAEMON_ARGS="--jit-min-work 0" "$PY" -m pytest -q -p no:cacheprovider "${conf[@]}"
 

@@ -105,7 +105,7 @@ static int prepare(req_t *r, prep_t *p, proto_err_t *err) {
     if (!nodes || nodes->type != MSGPACK_OBJECT_ARRAY)
         return proto_fail(err, PG_EBAD_REQUEST, "field 'nodes' must be a list of node maps");
     if (!outs || outs->type != MSGPACK_OBJECT_ARRAY)
-        return proto_fail(err, PG_EBAD_REQUEST, "field 'outputs' must be a non-empty list");
+        return proto_fail(err, PG_EBAD_REQUEST, "field 'outputs' must be a list of output maps");
     uint32_t nw = nodes->via.array.size, no = outs->via.array.size;
     if (nw > GRAPH_MAX_NODES)
         return proto_fail(err, PG_ETOO_LARGE, "the graph has %u nodes; the limit is %d", nw,

@@ -137,6 +137,17 @@ uint64_t kir_units(const kir_kernel_t *k);
  * few outputs (a loss, a full sum): see kir_split_blocks. */
 #define KIR_FOLD_BLOCK 32768
 
+/* A float32 sum of at most KIR_F32_SUM_MAX elements accumulates in float32 lanes (at most 128
+ * additions per lane, a relative error below 1e-5 of the sum of magnitudes, like PyTorch's own
+ * float32 sums); longer float32 sums, and products, accumulate in double. Twice the lanes per
+ * vector register as double: this is what makes a softmax or layer_norm row sum as cheap as the
+ * loads that feed it. The interpreter decides the same way, so both give the same bits. */
+#define KIR_F32_SUM_MAX 2048
+
+static inline bool kir_sum_in_float(prim_t op, pg_dtype_t dt, uint64_t len) {
+    return op == PRIM_sum && dt == PG_FLOAT32 && len <= KIR_F32_SUM_MAX;
+}
+
 /* Blocks of a fold over an innermost axis of n elements (1: no blocks). */
 static inline int64_t kir_fold_blocks(int64_t n) {
     return n > KIR_FOLD_BLOCK ? (n + KIR_FOLD_BLOCK - 1) / KIR_FOLD_BLOCK : 1;

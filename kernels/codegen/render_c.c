@@ -575,11 +575,17 @@ static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_
         if (red[d])
             dl = d;
     if (fdom) {
-        /* Sums and products accumulate in double; max and min are exact in the value's type,
-         * and any NaN makes the result NaN (kernels/ref/reduce.c). */
+        /* Sums and products accumulate in double (short float32 sums in float, kir.h); max
+         * and min are exact in the value's type, and any NaN makes the result NaN
+         * (kernels/ref/reduce.c). */
         const char *init = op == PRIM_sum ? "0.0" : op == PRIM_prod ? "1.0"
                            : op == PRIM_max ? "-INFINITY" : "INFINITY";
-        const char *at = extreme ? rc_ctype(rdt) : "double";
+        uint64_t rlen = 1;
+        for (int d = 0; d < k->rank; d++)
+            if (red[d])
+                rlen *= (uint64_t)k->shape[d];
+        bool f32 = kir_sum_in_float(op, rdt, rlen); /* short float32 sums: float lanes */
+        const char *at = extreme || f32 ? rc_ctype(rdt) : "double";
         int64_t n = dl >= 0 ? k->shape[dl] : 1, nb = kir_fold_blocks(n);
         bool blocks = dl >= 0 && (nb > 1 || part);
         char tot[32], p[32];
@@ -609,7 +615,7 @@ static void rc_emit_fold(rc_buf_t *b, const kir_kernel_t *k, char idx[][RC_EXPR_
             snprintf(fold, sizeof(fold), "const %s x = %s;\n%%s%s = %s;\n%%snan%d |= x != x;\n",
                      at, x, acc, e, s);
         else
-            snprintf(fold, sizeof(fold), "const double x = %s;\n%%s%s = %s;\n", x, acc, e);
+            snprintf(fold, sizeof(fold), "const %s x = %s;\n%%s%s = %s;\n", at, x, acc, e);
         if (dl < 0) { /* nothing to fold over but the one element: lane 0 */
             rc_printf(b, "%s{\n%s    const int l = 0;\n", indent, indent);
             strcat(indent, "    ");

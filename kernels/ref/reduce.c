@@ -12,8 +12,10 @@
  *
  * Float folds run in KIR_LANES interleaved lanes along the innermost reduced axis, combined
  * pairwise at the end (kernels/codegen/kir.h), which is the order in which a compiled kernel can
- * vectorize the fold, so both give the same bits. Float sums and products accumulate in double (float32 in double is what keeps a long sum
- * within the tests' relative tolerance); integer ones in uint64, wrapping like torch's int64.
+ * vectorize the fold, so both give the same bits. Float sums and products accumulate in double
+ * (float32 in double is what keeps a long sum within the tests' relative tolerance), except short
+ * float32 sums, which accumulate in float32 lanes (kir_sum_in_float); integer ones in uint64,
+ * wrapping like torch's int64.
  */
 #include "ref_impl.h"
 
@@ -104,6 +106,18 @@ static void reduce_chunk(void *arg, uint64_t begin, uint64_t end) {
                 acc = op == PRIM_all ? acc && ref__ld_b(xd, dt, inner.off[0])
                                      : acc || ref__ld_b(xd, dt, inner.off[0]);
             ref__st_i(od, odt, (int64_t)j, acc);
+        } else if (is_float && kir_sum_in_float(op, dt, c->rlen)) {
+            /* One block (rlen <= KIR_F32_SUM_MAX < KIR_FOLD_BLOCK), float32 lanes. */
+            float acc[KIR_LANES] = {0};
+            uint64_t inner_len = c->rrank ? (uint64_t)c->rshape[c->rrank - 1] : 1;
+            for (uint64_t k = 0, at = 0; k < c->rlen; k++, ref__iter_next(&inner)) {
+                acc[at % KIR_LANES] += (float)ref__ld_f(xd, dt, inner.off[0]);
+                at = at + 1 == inner_len ? 0 : at + 1;
+            }
+            for (int w = 1; w < KIR_LANES; w *= 2)
+                for (int l = 0; l + w < KIR_LANES; l += 2 * w)
+                    acc[l] = acc[l] + acc[l + w];
+            ref__st_f(od, odt, (int64_t)j, (double)acc[0]);
         } else if (is_float) {
             /* Blocks of KIR_FOLD_BLOCK along the innermost reduced axis, each in KIR_LANES
              * interleaved lanes combined pairwise, the blocks' values combined in order

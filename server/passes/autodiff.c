@@ -45,10 +45,9 @@
 #include <stdio.h>
 #include <string.h>
 
-/* What a rule sees: the graph, the sweep's range and state. */
+/* What a rule sees: the graph and the sweep's state. */
 typedef struct {
     graph_t *g;
-    int32_t y;          /* the sweep starts here */
     bool *want;         /* want[i]: node i lies on a path from a wanted x (i <= y) */
     int32_t *adj;       /* adj[i]: node i's adjoint so far, -1: none (i <= y) */
     proto_err_t *err;
@@ -848,7 +847,7 @@ const ad_sweep_t *ad_backward(graph_t *g, ad_cache_t *cache, int64_t k0, int64_t
                               proto_err_t *err) {
     const ad_sweep_t *out = NULL;
     size_t n = (size_t)y + 1;
-    adctx_t c = {.g = g, .y = y, .err = err};
+    adctx_t c = {.g = g, .err = err};
     c.want = pg_calloc_array(n, sizeof(bool));
     c.adj = pg_calloc_array(n, sizeof(int32_t));
     if (!c.want || !c.adj) {

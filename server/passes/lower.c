@@ -48,10 +48,10 @@ typedef struct {
     int nin;
     int variant;                /* the rule's own selector from the op table (e.g. which prim) */
     proto_err_t *err;
+    lower_assigns_t *assigns;   /* where `assign` nodes are recorded */
     const msgpack_object *nodes; /* the whole request's node array (for `grad`) */
     const int32_t *map;         /* request node -> primitive, for the nodes lowered so far */
     lad_t *ad;                  /* `grad` state of this request */
-    lower_assigns_t *assigns;   /* where `assign` nodes are recorded */
 } lctx_t;
 
 typedef int32_t (*rule_fn)(lctx_t *c);
@@ -1833,8 +1833,7 @@ int lower_graph(graph_t *g, const sess_t *sess, const msgpack_object *nodes, int
             }
             ins[k] = map[v->via.u64];
         }
-        lctx_t c = {g, sess, node, ins, (int)nin, rules[r].variant, err, nodes, map, &ad,
-                    assigns};
+        lctx_t c = {g, sess, node, ins, (int)nin, rules[r].variant, err, assigns, nodes, map, &ad};
         int32_t id = rules[r].rule(&c);
         if (id < 0) {
             rc = -err->code;

@@ -378,6 +378,10 @@ def test_commit_assigns_and_outputs(pgconn):
     np.testing.assert_array_equal(w.numpy(), [0, 0, 0])
     assert _commit([(b, pg.tensor(7.0))]) == []
     assert b.item() == 7.0
+    # Nothing to assign and only realized outputs: returned as they are, no run.
+    runs = pgconn.stats()["runs"]["count"]
+    assert _commit([], [w, b])[1] is b and _commit() == []
+    assert pgconn.stats()["runs"]["count"] == runs
 
 
 def test_commit_refusals_change_nothing(pgconn):

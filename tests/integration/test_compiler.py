@@ -24,7 +24,7 @@ import picograd
 DTYPES = ["float32", "float64", "int32", "int64", "bool"]
 NP = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64,
       "bool": np.bool_}
-FLOAT_UNARY = ["exp", "sin", "cos", "tanh", "sigmoid", "gelu", "silu", "abs", "neg", "relu",
+FLOAT_UNARY = ["exp", "sin", "cos", "tanh", "sigmoid", "gelu", "silu", "erf", "abs", "neg", "relu",
                "square", "sign"]
 POS_UNARY = ["log", "sqrt", "rsqrt", "reciprocal"]  # given abs(x) + 0.5
 INT_UNARY = ["neg", "abs", "relu", "square", "sign"]

@@ -266,6 +266,7 @@ static double want_unary(prim_t op, double x) {
     case PRIM_square: return pow(x, 2);
     case PRIM_sign: return x > 0 ? 1 : x < 0 ? -1 : 0;
     case PRIM_logical_not: return x == 0;
+    case PRIM_erf: return 1 - erfc(x);
     default: return NAN;
     }
 }
@@ -297,7 +298,7 @@ TEST_IMPL(unary_binary_all_dtypes) {
     static const prim_t unary[] = {
         PRIM_neg, PRIM_abs, PRIM_exp, PRIM_log, PRIM_sqrt, PRIM_rsqrt, PRIM_sin, PRIM_cos,
         PRIM_tanh, PRIM_sigmoid, PRIM_relu, PRIM_gelu, PRIM_gelu_tanh, PRIM_silu,
-        PRIM_reciprocal, PRIM_square, PRIM_sign, PRIM_logical_not};
+        PRIM_reciprocal, PRIM_square, PRIM_sign, PRIM_logical_not, PRIM_erf};
     static const prim_t binary[] = {
         PRIM_add, PRIM_sub, PRIM_mul, PRIM_div, PRIM_pow, PRIM_maximum, PRIM_minimum, PRIM_eq,
         PRIM_ne, PRIM_lt, PRIM_le, PRIM_gt, PRIM_ge, PRIM_logical_and, PRIM_logical_or};
@@ -542,6 +543,41 @@ TEST_IMPL(pad_cat_window) {
     return 0;
 }
 
+TEST_IMPL(unwindow_sums_overlaps) {
+    /* unwindow(window(img)) with overlapping, strided and dilated windows: every input element
+     * times the number of windows that read it (a brute-force count). */
+    const int64_t cfg[2][6] = {{3, 3, 1, 1, 1, 1}, {2, 3, 2, 1, 2, 1}};
+    for (int k = 0; k < 2; k++) {
+        graph_t g;
+        tg_init(&g);
+        int64_t H = 6, W = 5, s[4] = {2, 1, H, W};
+        int32_t img = tg_add(&g, PRIM_arange, NULL, 0, &(gattr_t){.astart = 1, .astep = 1},
+                             PG_FLOAT64, 4, s);
+        gattr_t wa = {0};
+        memcpy(wa.win, cfg[k], sizeof(wa.win));
+        int64_t oh = (H - (cfg[k][4] * (cfg[k][0] - 1) + 1)) / cfg[k][2] + 1;
+        int64_t ow = (W - (cfg[k][5] * (cfg[k][1] - 1) + 1)) / cfg[k][3] + 1;
+        int32_t w = tg_add(&g, PRIM_window, &img, 1, &wa, PG_FLOAT64, 6,
+                           (int64_t[]){2, 1, oh, ow, cfg[k][0], cfg[k][1]});
+        int32_t u = tg_add(&g, PRIM_unwindow, &w, 1, &wa, PG_FLOAT64, 4, s);
+        ref_view_t vals[TG_CAP] = {0};
+        proto_err_t err;
+        ASSERT_EQ(tg_run(&g, vals, &err), 0);
+        double count[6][5] = {{0}};
+        for (int64_t a = 0; a < oh; a++)
+            for (int64_t b = 0; b < ow; b++)
+                for (int64_t p = 0; p < cfg[k][0]; p++)
+                    for (int64_t q = 0; q < cfg[k][1]; q++)
+                        count[a * cfg[k][2] + p * cfg[k][4]][b * cfg[k][3] + q * cfg[k][5]] += 1;
+        for (uint64_t j = 0; j < 60; j++)
+            ASSERT(at(&vals[u], j) == (double)(j + 1) * count[(j / 5) % 6][j % 5]);
+        tg_release(&g, vals);
+        tg_free(&g);
+    }
+    assert_no_leaks();
+    return 0;
+}
+
 /* =============================================================================================
  * Matmul
  * =========================================================================================== */
@@ -680,6 +716,44 @@ TEST_IMPL(gather_index_errors) {
     return 0;
 }
 
+TEST_IMPL(scatter_add_repeats) {
+    /* out = base; out[idx[i][j]][j] += src[i][j] along dim 0, repeated indices summed; an index
+     * out of range is refused before anything is written. */
+    graph_t g;
+    tg_init(&g);
+    int64_t s34[2] = {3, 4}, s24[2] = {2, 4};
+    int32_t base = tg_add(&g, PRIM_full, NULL, 0, &(gattr_t){.value = 0.5}, PG_FLOAT32, 2, s34);
+    int32_t src = tg_add(&g, PRIM_arange, NULL, 0, &(gattr_t){.astart = 1, .astep = 1},
+                         PG_FLOAT32, 2, s24);
+    int64_t idx[8] = {2, 0, 1, 2, 2, 0, 0, 1};
+    int32_t ii = tg_const(&g, PG_INT64, 2, s24, idx);
+    gattr_t d0 = {.dims = {0}, .ndims = 1};
+    int32_t sa = tg_add(&g, PRIM_scatter_add, (int32_t[]){base, ii, src}, 3, &d0, PG_FLOAT32, 2,
+                        s34);
+    ref_view_t vals[TG_CAP] = {0};
+    proto_err_t err;
+    ASSERT_EQ(tg_run(&g, vals, &err), 0);
+    double want[12];
+    for (int j = 0; j < 12; j++)
+        want[j] = 0.5;
+    for (int j = 0; j < 8; j++)
+        want[idx[j] * 4 + j % 4] += j + 1;
+    for (uint64_t j = 0; j < 12; j++)
+        ASSERT(at(&vals[sa], j) == want[j]);
+    int64_t bad[8] = {0, 0, 0, 0, 0, 3, 0, 0};
+    int32_t bi = tg_const(&g, PG_INT64, 2, s24, bad);
+    int32_t bs = tg_add(&g, PRIM_scatter_add, (int32_t[]){base, bi, src}, 3, &d0, PG_FLOAT32, 2,
+                        s34);
+    ASSERT_EQ(ref_eval(&g, bi, vals, &err), 0);
+    ASSERT_EQ(ref_eval(&g, bs, vals, &err), -PG_EBAD_REQUEST);
+    ASSERT(strstr(err.message, "index 3 is out of range for dim 0 of size 3") != NULL);
+    ASSERT(vals[bs].t == NULL);
+    tg_release(&g, vals);
+    tg_free(&g);
+    assert_no_leaks();
+    return 0;
+}
+
 TEST_IMPL(out_of_memory) {
     mem_init(1000);
     graph_t g;
@@ -811,8 +885,10 @@ TEST_IMPL(concurrent_evals) {
     X(reduce_edges)                                                                                \
     X(slice_step_flip)                                                                             \
     X(pad_cat_window)                                                                              \
+    X(unwindow_sums_overlaps)                                                                      \
     X(matmul_vs_loop)                                                                              \
     X(gather_index_errors)                                                                         \
+    X(scatter_add_repeats)                                                                         \
     X(out_of_memory)                                                                               \
     X(thread_count_invariance)                                                                     \
     X(concurrent_evals)

@@ -44,6 +44,7 @@ from . import autograd, functional
 from .autograd_api import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .serialization import load, save
 from . import nn, optim
+from .capture import JitError, TinyJit, jit
 
 # torch's other names for the dtypes.
 float = float32
@@ -77,6 +78,9 @@ __all__ = [
     "long",
     "nn",
     "optim",
+    "jit",
+    "JitError",
+    "TinyJit",
     "autograd",
     "no_grad",
     "enable_grad",

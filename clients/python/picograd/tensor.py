@@ -193,6 +193,11 @@ def _take_dead(conn):
             out.append(handle)
 
 
+# The capture hook of picograd.jit: while a jitted function is being captured, every request
+# (_exchange) and every tensor that adopts a run output (_adopt) is reported to it.
+_recorder = None
+
+
 def _exchange(conn, op, **fields):
     """Sends the queued frees and then request ``op``; returns its reply (raises on error).
 
@@ -225,6 +230,8 @@ def _exchange(conn, op, **fields):
     if reply.get("id") != rid:
         raise PicogradError("bad_reply", f"expected the reply to request {rid}, got "
                                          f"{reply.get('id')!r}")
+    if _recorder is not None:
+        _recorder.request(conn, op, fields, reply)
     return reply
 
 
@@ -1719,6 +1726,8 @@ def _commit(assigns=(), outputs=(), keep=True):
             slot[_key(t)] = len(wire)
             wire.append({"node": index[_key(t)], "keep": kind != "data"})
         how.append((kind, slot.get(_key(t))))
+    if not wire and not assigns:  # only realized outputs: nothing to run
+        return list(outputs)
     try:
         reply = _exchange(conn, "run", nodes=nodes, outputs=wire)
     except PicogradError as exc:
@@ -1769,6 +1778,8 @@ def _adopt(t, conn, res, mismatch):
     elif t._rg == 2 and t._ag is None:
         t._ag = (t._op, t._inputs, t._attrs)  # backward() may still need the graph behind it
     t._op, t._inputs, t._attrs = None, (), None
+    if _recorder is not None:
+        _recorder.adopted(t, buf.handle)
 
 
 def _site_text(site):

@@ -274,6 +274,32 @@ def test_shared_subgraphs_and_equal_constants_are_emitted_once():
     assert [n["op"] for n in T._build([c])[0]].count("const") == 2
 
 
+def test_grad_detach_erf_nodes():
+    """autograd.grad adds one `grad` node per (output, input), summed over outputs; shapes and
+    dtypes are the inputs'; detach and erf are nodes of their own."""
+    x = pg.ones(2, 3)
+    w = pg.ones(3, dtype=pg.float64)
+    y = (x * w).sum()
+    gx, gw = pg.autograd.grad(y, [x, w])
+    assert gx.shape == (2, 3) and gx.dtype is pg.float32 and gw.dtype is pg.float64
+    nodes, _, _ = T._build([gx, gw])
+    grads = [n for n in nodes if n["op"] == "grad"]
+    assert len(grads) == 2 and all(len(n["in"]) == 2 for n in grads)
+    assert grads[0]["in"][0] == grads[1]["in"][0]  # one y: the daemon shares one sweep
+    (g,) = pg.autograd.grad([x.exp(), y], x, [pg.ones(2, 3), None])
+    assert g._op == "add" and [i._op for i in g._inputs] == ["grad", "grad"]
+    assert len(g._inputs[0]._inputs) == 3 and len(g._inputs[1]._inputs) == 2
+    d = x.detach()
+    assert d._op == "detach" and d.shape == x.shape and d.dtype is x.dtype
+    assert pg.erf(pg.arange(3)).dtype is pg.float32 and x.erf()._op == "erf"
+    with pytest.raises(shapes.ShapeError, match="non-scalar output"):
+        pg.autograd.grad(x.exp(), x)
+    with pytest.raises(shapes.ShapeError, match="int64"):
+        pg.autograd.grad(y, pg.arange(3))
+    with pytest.raises(TypeError):
+        pg.autograd.grad(y, [x, 3])
+
+
 def test_deep_graph_builds_without_recursion():
     x = pg.zeros(3)
     for _ in range(20000):
