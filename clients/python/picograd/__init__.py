@@ -16,10 +16,18 @@ The wire level sends requests by hand:
     assert (conn.get(h) == 1).all()
     conn.free(h)
 
+Training looks like PyTorch, and each optimizer step is one request:
+
+    model = pg.nn.Sequential(pg.nn.Linear(4, 8), pg.nn.ReLU(), pg.nn.Linear(8, 1))
+    opt = pg.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt.zero_grad(); loss = pg.nn.MSELoss()(model(x), y); loss.backward(); opt.step()
+
 The wire protocol is protocol/PROTOCOL.md; ``picograd.wire`` implements it and ``picograd.client``
 wraps it in ``Connection``. ``picograd.tensor`` holds the Tensor and graph execution,
 ``picograd.shapes`` the shape and dtype rules, ``picograd.functional`` the pg.* functions and
-``picograd.nn.functional`` the layers and losses.
+``picograd.nn.functional`` the layers and losses; ``picograd.autograd_api`` requires_grad,
+backward and no_grad, ``picograd.nn`` the modules, ``picograd.optim`` the optimizers and
+``picograd.serialization`` pg.save / pg.load.
 """
 
 from .client import DTYPES, Connection, connect, default_connection
@@ -32,7 +40,10 @@ from .shapes import DimError, ShapeError, Size
 from .tensor import Tensor, explain
 from .functional import *  # noqa: F401,F403  (pg.zeros, pg.cat, pg.exp, ...)
 from .functional import abs, all, any, max, min, pow, sum  # noqa: F401  (not in * on purpose)
-from . import autograd, functional, nn
+from . import autograd, functional
+from .autograd_api import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
+from .serialization import load, save
+from . import nn, optim
 from .capture import JitError, TinyJit, jit
 
 # torch's other names for the dtypes.
@@ -66,8 +77,16 @@ __all__ = [
     "double",
     "long",
     "nn",
+    "optim",
     "jit",
     "JitError",
     "TinyJit",
     "autograd",
+    "no_grad",
+    "enable_grad",
+    "set_grad_enabled",
+    "is_grad_enabled",
+    "inference_mode",
+    "save",
+    "load",
 ] + functional.__all__

@@ -69,12 +69,27 @@ min_result = collections.namedtuple("min", ["values", "indices"])
 # ---------------------------------------------------------------------------------------------
 
 
+class _Local(threading.local):
+    """Per-thread state of the tensor layer: grad mode (as torch's, thread-local) and the
+    creation site that graph builders inside picograd (an optimizer step, backward()) stamp on
+    every node they make, so that they walk the frames once instead of once per node."""
+
+    grad_enabled = True
+    site = None
+
+
+_local = _Local()
+
+
 def _user_site():
     """Returns (file, line) of the innermost caller outside the picograd package, or None.
 
     Walking frames costs a few attribute reads per level, cheap enough to do for every node;
     it is what lets a daemon error name the user's line that built the failing node.
     """
+    site = _local.site
+    if site is not None:
+        return site
     f = sys._getframe(2)
     while f is not None:
         name = f.f_globals.get("__name__", "")
@@ -98,6 +113,32 @@ class _ConnState:
 
     def __init__(self):
         self.dead = collections.deque()
+        self.assigns = {}  # id(_Buffer) -> (_Buffer, value): queued by _assign_later
+
+
+# Pending leaves that must become daemon handles before an optimizer assigns to them: leaves
+# made to require grad while pending, lazy nn.Parameters and module buffers. Modules and
+# optimizers realize them all in one run (realize_lazy) before they build anything over them.
+_LAZY = weakref.WeakValueDictionary()  # id -> Tensor (a WeakSet would compare with ==)
+
+
+def realize_lazy():
+    """Realizes every pending tensor in _LAZY in one run (and makes them mutable)."""
+    groups = {}
+    for t in list(_LAZY.values()):
+        if t._buf is None and (t._conn is None or not t._conn.closed):
+            groups.setdefault(id(t._conn), []).append(t)
+        elif t._buf is not None or t._conn.closed:
+            _LAZY.pop(id(t), None)
+    for lazy in groups.values():
+        # fills one `put` each (see _realize_distinct), the rest in one run
+        _realize_distinct([t for t in lazy if t._op == "full"])
+        rest = [t for t in lazy if t._buf is None]
+        if rest:
+            _execute(keep=rest)
+        for t in lazy:
+            _mark_mutable(t)
+            _LAZY.pop(id(t), None)
 
 
 _states = weakref.WeakKeyDictionary()  # Connection -> _ConnState; does not keep it alive
@@ -121,12 +162,19 @@ class _Buffer:
     numbers start over, and a stale handle must not free a new session's tensor.
     """
 
-    __slots__ = ("conn", "handle", "session", "__weakref__")
+    __slots__ = ("conn", "handle", "session", "readers", "pending", "__weakref__")
 
     def __init__(self, conn, handle):
         self.conn = conn
         self.handle = handle
         self.session = conn.server_info
+        # A *mutable* buffer (a parameter, an optimizer state, a BatchNorm running stat: a
+        # target of `assign`) has ``readers``, a WeakValueDictionary (id -> Tensor) of the
+        # pending Tensors built over it, and ``pending``, the value an assign will give it at
+        # the next run (None: none).
+        # See _mark_mutable, _assign_later and _execute.
+        self.readers = None
+        self.pending = None
         fin = weakref.finalize(self, _state(conn).dead.append, (self.session, handle))
         fin.atexit = False  # at exit the session closes, which frees everything anyway
 
@@ -208,7 +256,7 @@ class Tensor:
     """
 
     __slots__ = ("_op", "_inputs", "_attrs", "_shape", "_dtype", "_buf", "_conn", "_weak",
-                 "_site", "__weakref__")
+                 "_site", "_rg", "_grad", "_ag", "_val", "__weakref__")
 
     # Make numpy defer to us in `ndarray + Tensor` (it calls our __radd__ instead of turning the
     # tensor into an array), as torch does.
@@ -232,6 +280,11 @@ class Tensor:
         t._conn = conn
         t._weak = weak
         t._site = _user_site()
+        t._rg = 0        # autograd: 0 no grad, 1 a leaf that requires grad, 2 a non-leaf that does
+        t._grad = None   # a leaf's .grad
+        t._ag = None     # a realized non-leaf's recorded node (op, inputs, attrs), for backward;
+        #                  False once backward() consumed its graph
+        t._val = None    # numpy data fetched with the run that realized it (loss.item() after step)
         return t
 
     # -- metadata (no round trip) --------------------------------------------------------------
@@ -297,6 +350,8 @@ class Tensor:
 
     def numpy(self):
         """Returns the data as a new numpy array (one round trip when pending)."""
+        if self._val is not None:
+            return self._val.copy()
         return _execute(keep=[self], fetch=[self])[0]
 
     def item(self):
@@ -769,16 +824,86 @@ class Tensor:
 
     def clone(self):
         """A distinct Tensor with the same value (tensors are immutable, so it may share the
-        handle or the pending node)."""
+        handle or the pending node). The clone of a tensor an optimizer updates (a parameter)
+        is a pending copy that keeps today's value, as torch's copy does."""
+        if self._buf is not None and self._buf.readers is not None or self._rg:
+            return _node("reshape", [self], {"shape": list(self._shape)}, self._shape,
+                         self._dtype)
         t = Tensor._make(self._op, self._inputs, self._attrs, self._shape, self._dtype,
                          self._conn, self._buf, self._weak)
         t._site = self._site
+        t._val = self._val
         return t
 
     def detach(self):
         """The same value as a new tensor that gradients do not flow through (a `detach`
-        node: picograd.autograd.grad sees nothing behind it)."""
+        node: backward() and picograd.autograd.grad see nothing behind it). It does not
+        require grad. Unlike torch's, it does not alias: the detached value of a parameter
+        keeps the value it had when detach() was called, after an optimizer step too."""
         return _node("detach", [self], {}, self._shape, self._dtype)
+
+    def detach_(self):
+        if self._rg == 2:
+            raise RuntimeError("detach_() of a non-leaf is not supported by picograd; use "
+                               "detach()")
+        self._rg = 0
+        return self
+
+    # -- autograd (picograd.autograd_api does the work) ----------------------------------------
+
+    @property
+    def requires_grad(self):
+        return self._rg != 0
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        self.requires_grad_(value)
+
+    def requires_grad_(self, requires_grad=True):
+        """Makes this tensor a leaf whose gradient backward() computes (floats only)."""
+        from .autograd_api import requires_grad_
+        return requires_grad_(self, requires_grad)
+
+    @property
+    def is_leaf(self):
+        """True unless the tensor was computed from tensors that require grad (torch's rule)."""
+        return self._rg != 2
+
+    @property
+    def grad(self):
+        """The gradient backward() accumulated into this leaf (lazy), or None."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if value is not None:
+            _need_tensor("grad", value)
+            if value._shape != self._shape:
+                raise RuntimeError(f"assigned grad has data of a different size: "
+                                   f"{shapes.fmt(value._shape)} for a tensor of "
+                                   f"{shapes.fmt(self._shape)}")
+            if value._dtype is not self._dtype:
+                raise RuntimeError(f"assigned grad has data of a different type: "
+                                   f"{value._dtype} for a {self._dtype} tensor")
+        self._grad = value
+
+    @property
+    def grad_fn(self):
+        """Not a graph object as in torch: the op name of a non-leaf, else None."""
+        if self._rg != 2:
+            return None
+        return self._op if self._op is not None else (self._ag[0] if self._ag else "realized")
+
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+        """Accumulates d(self)/d(leaf) into the .grad of every leaf that requires grad and that
+        self depends on (lazily: one `grad` node per leaf, all sharing one reverse pass in the
+        daemon). A tensor of more than one element needs ``gradient``, as in torch."""
+        from .autograd_api import backward
+        backward(self, gradient, retain_graph=retain_graph, create_graph=create_graph,
+                 inputs=inputs)
+
+    def zero_(self):
+        raise TypeError("picograd tensors are immutable; p.grad = None or optimizer.zero_grad()")
 
     def cpu(self):
         return self
@@ -861,10 +986,21 @@ class Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+_NO_GRAD_OPS = frozenset(("grad", "detach"))
+
+
 def _node(op, inputs, attrs, shape, dtype):
     """Returns a new pending Tensor for ``op`` over ``inputs``; all inputs must share one
-    connection (inputs with none yet go along with any)."""
+    connection (inputs with none yet go along with any).
+
+    Autograd bookkeeping happens here too: the result requires grad (as a non-leaf) when grad
+    mode is on, it is a float and an input requires grad; an input that is a mutable buffer
+    (see _Buffer) is replaced by the value a pending assign will give it, else the new node is
+    recorded among the buffer's readers (so that a step can keep its old value for it).
+    """
     conn = None
+    rg = False
+    mutable = False
     for t in inputs:
         c = t._conn
         if c is not None and c is not conn:
@@ -872,7 +1008,42 @@ def _node(op, inputs, attrs, shape, dtype):
                 raise PicogradError("bad_request", f"{op}: inputs belong to different "
                                                    "connections (daemon sessions)")
             conn = c
-    return Tensor._make(op, inputs, attrs, shapes.check_shape(op, shape), dtype, conn)
+        if t._rg:
+            rg = True
+        b = t._buf
+        if b is not None and b.readers is not None:
+            mutable = True
+    if mutable:
+        inputs = [t._buf.pending if t._buf is not None and t._buf.pending is not None else t
+                  for t in inputs]
+        for t in inputs:
+            if t._rg:
+                rg = True
+    out = Tensor._make(op, inputs, attrs, shapes.check_shape(op, shape), dtype, conn)
+    if mutable:
+        for t in inputs:
+            b = t._buf
+            if b is not None and b.readers is not None:
+                b.readers[id(out)] = out
+    if rg and _local.grad_enabled and dtype.is_floating_point and op not in _NO_GRAD_OPS:
+        out._rg = 2
+    return out
+
+
+def _fast(op, inputs, attrs, shape, dtype, conn):
+    """A pending node whose shape and dtype the caller already knows (an optimizer's update,
+    where every tensor has its parameter's shape and dtype): no inference, no promotion, no
+    autograd (grad mode is off there) and no pending-assign substitution; mutable inputs
+    still record their reader."""
+    t = Tensor.__new__(Tensor)
+    t._op, t._inputs, t._attrs, t._shape, t._dtype = op, inputs, attrs, shape, dtype
+    t._buf, t._conn, t._weak, t._site = None, conn, False, _local.site
+    t._rg, t._grad, t._ag, t._val = 0, None, None, None
+    for i in inputs:
+        b = i._buf
+        if b is not None and b.readers is not None:
+            b.readers[id(t)] = t
+    return t
 
 
 def _scalar_value(x):
@@ -1163,10 +1334,12 @@ def _index_int(k):
 
 def _key(t):
     """Identity of a graph node for deduplication: tensors sharing a handle are one `input`,
-    equal numbers are one `const` (repr keeps -0.0 apart from 0.0 and 1 apart from 1.0)."""
+    equal numbers are one `const` (repr keeps -0.0 apart from 0.0 and 1 apart from 1.0). A
+    number made with ``weak=2`` (an optimizer's learning rate) is a node of its own, so the
+    graph's shape never depends on whether it happens to equal another number."""
     if t._buf is not None:
         return ("h", id(t._buf))
-    if t._weak:
+    if t._weak is True:
         return ("c", repr(t._attrs["value"]))
     return ("t", id(t))
 
@@ -1176,31 +1349,44 @@ def _build(roots):
     topological order, the Tensor behind each node, and _key -> node index.
 
     An explicit stack replaces recursion. A node is pushed once "unexpanded"; popping it pushes
-    it back "ready" with its inputs above it, so it is emitted after all of them.
+    it back "ready" with its inputs above it, so it is emitted after all of them. ``seen``
+    (id of a Tensor object -> its node) spares most _key calls: a step's graph is rebuilt
+    every step, so this loop is on the hot path of training.
     """
     nodes, order, index = [], [], {}
+    seen = {}
     stack = [(t, False) for t in reversed(roots)]
+    pop, push = stack.pop, stack.append
     while stack:
-        t, ready = stack.pop()
-        k = _key(t)
-        if k in index:
+        t, ready = pop()
+        if id(t) in seen:
             continue
-        if t._buf is None and t._inputs and not ready:
-            stack.append((t, True))
-            for i in reversed(t._inputs):
-                if _key(i) not in index:
-                    stack.append((i, False))
-            continue
-        if t._buf is not None:
-            node = {"op": "input", "handle": t._buf.handle}
+        buf = t._buf
+        if buf is None:
+            inputs = t._inputs
+            if inputs and not ready:
+                push((t, True))
+                for i in reversed(inputs):
+                    if id(i) not in seen:
+                        push((i, False))
+                continue
+            k = ("c", repr(t._attrs["value"])) if t._weak is True else ("t", id(t))
         else:
-            node = {"op": t._op}
-            if t._inputs:
-                node["in"] = [index[_key(i)] for i in t._inputs]
-            node.update(t._attrs)
-        index[k] = len(nodes)
-        nodes.append(node)
-        order.append(t)
+            k = ("h", id(buf))
+        j = index.get(k)
+        if j is None:
+            j = index[k] = len(nodes)
+            if buf is not None:
+                node = {"op": "input", "handle": buf.handle}
+            else:
+                node = {"op": t._op}
+                if inputs:
+                    node["in"] = [seen[id(i)] for i in inputs]
+                if t._attrs:
+                    node.update(t._attrs)
+            nodes.append(node)
+            order.append(t)
+        seen[id(t)] = j
     return nodes, order, index
 
 
@@ -1251,21 +1437,96 @@ def _split_big_graph(order, index):
     if not needed:
         raise PicogradError("too_large", f"a graph of {len(order)} nodes cannot be split into "
                                          f"runs of {MAX_RUN_NODES}")
-    _execute(keep=needed)
+    _execute(keep=needed, split=True)
 
 
-def _execute(keep=(), fetch=()):
+def _mark_mutable(t):
+    """Makes realized ``t``'s buffer mutable: a target of assigns, whose pending readers are
+    tracked so that an assign never changes what they compute (see _execute)."""
+    b = t._buf
+    if b is None:
+        raise PicogradError("bad_request", "only a realized tensor can be assigned to")
+    if b.readers is None:
+        b.readers = weakref.WeakValueDictionary()
+    return b
+
+
+def _realize_distinct(tensors):
+    """Realizes pending ``full`` tensors (zeros of new optimizer state, lazy buffers) as
+    tensors of their own, one `put` each, and makes them mutable.
+
+    A run would do it in one round trip, but the daemon may merge equal `full` nodes into one
+    tensor under several handles; a shared tensor cannot be written in place, so the first
+    step would plan differently from the next ones (one more plan miss and compile)."""
+    for t in tensors:
+        if t._buf is not None:
+            continue
+        if t._op != "full":
+            _execute(keep=[t])
+        else:
+            conn = t._conn if t._conn is not None else default_connection()
+            arr = np.full(tuple(t._shape), t._attrs["value"], dtype=t._dtype.numpy_dtype)
+            t._buf, t._conn = _Buffer(conn, conn.put(arr)), conn
+            t._op, t._inputs, t._attrs = None, (), None
+        _mark_mutable(t)
+
+
+def _assign_later(target, value):
+    """Queues ``target := value`` for the next `run` on target's connection (any run: every
+    _execute sends the queued assigns). Until then every new op over ``target`` reads
+    ``value`` instead (so a BatchNorm's running_mean reads as updated right after forward, as
+    in torch), and data asked of ``target`` is that of ``value``."""
+    _need_tensor("assign", value)
+    if value._shape != target._shape or value._dtype is not target._dtype:
+        raise ShapeError(f"assign: value {shapes.fmt(value._shape)} {value._dtype} does not "
+                         f"match the target {shapes.fmt(target._shape)} {target._dtype}")
+    b = _mark_mutable(target)
+    b.pending = value
+    _state(b.conn).assigns[id(b)] = (b, value)
+
+
+def _execute(keep=(), fetch=(), assigns=None, cache=(), split=False):
     """Evaluates ``keep`` (pending ones become handles) and returns the data of ``fetch`` as
-    numpy arrays, in order, with as few round trips as possible (one, normally)."""
-    fetch = list(fetch)
+    numpy arrays, in order, with as few round trips as possible (one, normally).
+
+    Every run also sends the assigns queued by _assign_later on its connection, plus the
+    explicit ``assigns`` [(target, value)] (an optimizer step), as `assign` nodes: they take
+    effect when the run commits. Pending tensors built over an assigned buffer that outlive
+    the run get the buffer's old value: the run keeps a snapshot of it (an `input` node kept
+    as a new handle) and they are rewired to it. ``cache`` lists fetched tensors whose data is
+    kept on the Tensor (``_val``), so that reading them later costs no round trip.
+    """
+    fetch = [t._buf.pending if t._buf is not None and t._buf.pending is not None else t
+             for t in fetch]
+    explicit = list(assigns) if assigns else []
+    conn = None
+    for t in list(keep) + fetch + [a[0] for a in explicit]:
+        if t._buf is not None:
+            conn = t._buf.conn
+            break
+        if t._conn is not None:
+            conn = t._conn
+            break
+    queued = None if split else _state(conn if conn is not None else default_connection()
+                                       ).assigns
     pending = [t for t in _unique(list(keep) + fetch) if t._buf is None]
-    if not pending:
+    if not pending and not explicit and not queued:
         if len(fetch) == 1:
             buf = fetch[0]._buf
             return [_decode(_exchange(buf.conn, "get", handle=buf.handle))]
         if not fetch:
             return []
-    roots = pending + [t for t in _unique(fetch) if t._buf is not None]
+    # The assigns: explicit ones win over queued ones for the same buffer (they were built
+    # reading the queued value, through _node's substitution).
+    todo = {}
+    if queued:
+        todo.update(queued)
+    for target, value in explicit:
+        b = _mark_mutable(target)
+        todo[id(b)] = (b, value)
+    todo = list(todo.values())
+    values = [v for _, v in todo]
+    roots = pending + [t for t in _unique(fetch) if t._buf is not None] + values
     nodes, order, index = _build(roots)
     while len(nodes) > MAX_RUN_NODES:
         _split_big_graph(order, index)
@@ -1273,9 +1534,31 @@ def _execute(keep=(), fetch=()):
     conn = _graph_conn(order)
     outputs = [{"node": index[_key(t)], "keep": True} for t in pending]
     outputs += [{"node": index[_key(t)], "keep": False} for t in fetch]
+    snaps = []  # (buffer, [readers]) whose old value must be kept
+    if todo:
+        for b, v in todo:
+            nodes.append({"op": "assign", "in": [index[_key(v)]], "handle": b.handle})
+        kept_ids = {id(t) for t in pending}
+        alive = None
+        for b, v in todo:
+            if not b.readers:
+                continue
+            if alive is None:  # only when some assigned buffer has pending readers at all
+                alive = _outliving(order, kept_ids, {id(v) for v in values})
+            readers = [r for r in b.readers.values() if r._buf is None and id(r) not in kept_ids and
+                       (("t", id(r)) not in index or id(r) in alive)]
+            if readers:
+                k = ("h", id(b))
+                if k not in index:
+                    index[k] = len(nodes)
+                    nodes.append({"op": "input", "handle": b.handle})
+                outputs.append({"node": index[k], "keep": True})
+                snaps.append((b, v, readers))
     try:
         reply = _exchange(conn, "run", nodes=nodes, outputs=outputs)
     except PicogradError as exc:
+        if queued:
+            _drop_queued(queued)  # a failed run assigns nothing; the queued updates are lost
         raise _with_site(exc, order) from None
     results = reply.get("outputs")
     if not isinstance(results, list) or len(results) != len(outputs):
@@ -1283,10 +1566,70 @@ def _execute(keep=(), fetch=()):
     mismatch = []
     for t, res in zip(pending, results):
         _adopt(t, conn, res, mismatch)
+    n = len(pending) + len(fetch)
+    for (b, v, readers), res in zip(snaps, results[n:]):
+        # The old value: readers that outlive the run read it instead of the buffer.
+        snap = Tensor._make("input", (), None, v._shape, v._dtype, conn)
+        _adopt(snap, conn, res, mismatch)
+        for r in readers:
+            r._inputs = tuple(snap if i._buf is b else i for i in r._inputs)
+    if queued:
+        queued.clear()
+    for b, _ in todo:
+        b.pending = None
+        b.readers.clear()
     if mismatch:
         raise PicogradError("bad_reply", "the daemon and the client disagree on "
                                          + "; ".join(mismatch))
-    return [_decode(res) for res in results[len(pending):]]
+    out = [_decode(res) for res in results[len(pending):n]]
+    if cache:
+        cached = {id(t) for t in cache}
+        for t, arr in zip(fetch, out):
+            if id(t) in cached and t._buf is not None and t._buf.readers is None:
+                t._val = arr
+                arr.flags.writeable = False
+    return out
+def _drop_queued(queued):
+    for b, _ in queued.values():
+        b.pending = None
+    queued.clear()
+
+
+def _outliving(order, kept_ids, dying_ids):
+    """The ids of the pending tensors of graph ``order`` that will still exist, pending, once
+    the run's kept outputs (``kept_ids``) are realized and the client drops the graph.
+
+    A tensor outlives the run when something outside this graph refers to it (a user
+    variable, a node not in this run) or when a pending tensor that outlives it does. The
+    references from inside the graph are counted from the nodes' inputs, so the rest is
+    sys.getrefcount (CPython) minus those, minus this function's own three (the argument of
+    getrefcount, the loop variable and ``order``). ``dying_ids`` are tensors the caller
+    drops after the run (the assigned values), counted as referenced by nothing outside.
+    Counting too many references only costs a snapshot; too few cannot happen: every
+    reference subtracted is one that exists.
+    """
+    inner = {}
+    for t in order:
+        for i in t._inputs:
+            inner[id(i)] = inner.get(id(i), 0) + 1
+    if order:
+        del t       # the loop variables would otherwise count as references below
+        i = None
+    held = set()
+    alive = set()
+    getrc = sys.getrefcount
+    for t in reversed(order):
+        if t._buf is not None:
+            continue
+        if id(t) in kept_ids:
+            if t._rg == 2 and t._ag is None:  # it keeps its record (for backward), so its inputs
+                held.update(id(i) for i in t._inputs)
+            continue
+        if id(t) in held or (id(t) not in dying_ids and
+                             getrc(t) - 3 - inner.get(id(t), 0) > 0):
+            alive.add(id(t))
+            held.update(id(i) for i in t._inputs)
+    return alive
 
 
 class _Site:
@@ -1429,6 +1772,11 @@ def _adopt(t, conn, res, mismatch):
                         f"{shapes.fmt(t._shape)} {t._dtype}, daemon {shapes.fmt(shape)} {dtype}")
         t._shape, t._dtype = Size(shape), dtype
     t._buf, t._conn = buf, conn
+    if t._rg == 1:  # a leaf that requires grad: an optimizer may assign to it
+        buf.readers = weakref.WeakValueDictionary()
+        _LAZY.pop(id(t), None)
+    elif t._rg == 2 and t._ag is None:
+        t._ag = (t._op, t._inputs, t._attrs)  # backward() may still need the graph behind it
     t._op, t._inputs, t._attrs = None, (), None
     if _recorder is not None:
         _recorder.adopted(t, buf.handle)
@@ -1504,16 +1852,22 @@ def _python_array(data, default_dtypes=True):
                     f"(numpy sees dtype {arr.dtype})")
 
 
-def tensor(data, dtype=None, conn=None):
+def tensor(data, dtype=None, requires_grad=False, conn=None, device=None):
     """Uploads ``data`` (a Python number or nested list, a numpy array or scalar, or a Tensor)
     and returns a realized Tensor on ``conn`` (default: the default connection).
 
     numpy data keeps its dtype (float64 stays float64); Python data follows torch (floats ->
     float32, ints -> int64, bools -> bool). ``dtype`` converts. numpy types picograd cannot hold
-    (uint8, float16, ...) raise PicogradError("bad_dtype").
+    (uint8, float16, ...) raise PicogradError("bad_dtype"). ``requires_grad`` makes it a leaf
+    whose gradient backward() computes (float dtypes only, checked before anything is sent).
     """
     if isinstance(data, Tensor):
-        return data.clone() if dtype is None else data.to(dtype)
+        # A copy of the value, without autograd history (as torch.tensor(t)).
+        out = data.detach().clone() if dtype is None else data.detach().to(dtype)
+        if out is data:
+            out = data.clone()
+        out._rg = 0
+        return out.requires_grad_() if requires_grad else out
     # Conversions overflow to inf quietly, as in torch (numpy would warn).
     with np.errstate(over="ignore", invalid="ignore"):
         if isinstance(data, (np.ndarray, np.generic)):
@@ -1528,12 +1882,15 @@ def tensor(data, dtype=None, conn=None):
         if dtype is not None:
             arr = arr.astype(as_dtype(dtype).numpy_dtype)
     shapes.check_shape("tensor", arr.shape)
+    dt = dtypes.from_numpy_dtype(arr.dtype)
+    if requires_grad and not dt.is_floating_point:
+        raise RuntimeError("only Tensors of floating point dtype can require gradients")
     conn = conn if conn is not None else default_connection()
     if len(_state(conn).dead) > _FLUSH_AT:
         flush(conn)
     handle = conn.put(arr)
-    return Tensor._make(None, (), None, arr.shape, dtypes.from_numpy_dtype(arr.dtype), conn,
-                        _Buffer(conn, handle))
+    out = Tensor._make(None, (), None, arr.shape, dt, conn, _Buffer(conn, handle))
+    return out.requires_grad_() if requires_grad else out
 
 
 as_tensor = tensor
