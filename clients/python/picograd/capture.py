@@ -141,9 +141,16 @@ class TinyJit:
         conn, _, fields, reply = runs[0]
         wire_outs = fields["outputs"]
         results = reply.get("outputs", [])
-        if any(not o.get("keep") for o in wire_outs):
-            raise JitError("a jitted function must not fetch data (.item(), .numpy(), print) "
-                           "inside; return the tensor and read it outside")
+        # Data fetched inline is only replayable as the cached value of a tensor the same run
+        # keeps (the loss an optimizer step realizes, so that loss.item() costs no request).
+        kept_at = {o["node"]: pos for pos, o in enumerate(wire_outs) if o.get("keep")}
+        inline = []  # (inline output position, kept output position of the same node)
+        for pos, o in enumerate(wire_outs):
+            if not o.get("keep"):
+                if o["node"] not in kept_at:
+                    raise JitError("a jitted function must not fetch data (.item(), .numpy(), "
+                                   "print) inside; return the tensor and read it outside")
+                inline.append((pos, kept_at[o["node"]]))
         arg_pos = {}
         for i, a in enumerate(args):
             if a._buf.conn is not conn:
@@ -165,7 +172,7 @@ class TinyJit:
         fixed = {i: t for i, t in enumerate(outs) if i not in ret_slots}
         self._plan = dict(conn=conn, nodes=list(fields["nodes"]), outputs=wire_outs, slots=slots,
                           rebind=rebind, ret_slots=ret_slots, fixed=fixed, rebuild=rebuild,
-                          sig=[(a.shape, a.dtype) for a in args])
+                          inline=inline, sig=[(a.shape, a.dtype) for a in args])
         return ret
 
     # -- replay -----------------------------------------------------------------------------
@@ -187,18 +194,28 @@ class TinyJit:
         results = reply.get("outputs")
         if not isinstance(results, list) or len(results) != len(p["outputs"]):
             raise PicogradError("bad_reply", "a run reply needs %d outputs" % len(p["outputs"]))
+        made = {}  # kept output position -> the tensor that holds it now
         for pos, t in p["rebind"]:
             t._buf = _tm._Buffer(conn, results[pos]["handle"])
+            t._val = None
+            made[pos] = t
         outs = []
         for i in range(len(p["ret_slots"]) + len(p["fixed"])):
             if i in p["fixed"]:
                 outs.append(p["fixed"][i])
                 continue
-            res = results[p["ret_slots"][i]]
+            pos = p["ret_slots"][i]
+            res = results[pos]
             t = Tensor._make(None, (), None, tuple(res["shape"]), _tm.as_dtype(res["dtype"]),
                              conn)
             t._buf = _tm._Buffer(conn, res["handle"])
+            made[pos] = t
             outs.append(t)
+        for pos, kept in p["inline"]:
+            if kept in made:
+                arr = _tm._decode(results[pos])
+                arr.flags.writeable = False
+                made[kept]._val = arr
         return p["rebuild"](outs)
 
 
