@@ -373,16 +373,22 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
 
     /* Each step reads earlier steps' values; a value is released after its last reader, so the
      * memory a run holds at once is its live set, not its whole graph. */
+    bool profile = log_enabled(LOG_DEBUG);
     for (int32_t s = 0; s < fp->nsteps; s++) {
         const fuse_step_t *st = &fp->steps[s];
         if (atomic_load(&r->cancel)) {
             rc = proto_fail(err, PG_EINTERNAL, "run cancelled: the session is closing");
             goto out;
         }
+        uint64_t t0 = profile ? uv_hrtime() : 0;
         if (st->kind == FUSE_STEP_KERNEL)
             rc = run_kernel(g, st, plan->kern[s].fn, vals, err);
         else
             rc = ref_eval(g, st->node, vals, err);
+        if (profile) /* where a slow run spends its time: --log-level debug */
+            log_debug("run: step %d %s %%%d %s: %.1f us", (int)s,
+                      st->kind == FUSE_STEP_KERNEL ? "kernel" : "interp", (int)st->node,
+                      graph_prim_name(g->nodes[st->node].op), (double)(uv_hrtime() - t0) / 1e3);
         if (rc != 0) {
             name_node(g, st->node, err);
             goto out;

@@ -1394,23 +1394,40 @@ static int32_t r_conv2d(lctx_t *c) {
     TRY(w = cast(c, w, dt));
     TRY(win = windows(c, x, k, st, pd, dl, 0));
     int64_t OH = N(win)->shape[2], OW = N(win)->shape[3];
-    /* im2col: [N,C,OH,OW,kh,kw] -> [N,OH,OW,C,kh,kw] -> [N,OH*OW,G,Kc] -> [N,G,OH*OW,Kc] */
-    int64_t p1[6] = {0, 2, 3, 1, 4, 5}, s_cols[4] = {N_, OH * OW, G, Kc}, p2[4] = {0, 2, 1, 3};
-    TRY(win = permute(c, win, 6, p1));
-    TRY(win = reshape(c, win, 4, s_cols));
-    TRY(win = permute(c, win, 4, p2));
-    /* weight: [O, C/G, kh, kw] -> [G, O/G, Kc] -> [G, Kc, O/G] -> [N, G, Kc, O/G] */
-    int64_t sw[3] = {G, O / G, Kc}, pw[3] = {0, 2, 1}, sw1[4] = {1, G, Kc, O / G},
-            swn[4] = {N_, G, Kc, O / G};
-    TRY(w = reshape(c, w, 3, sw));
-    TRY(w = permute(c, w, 3, pw));
-    TRY(w = reshape(c, w, 4, sw1));
-    TRY(w = expand(c, w, 4, swn));
+    /* im2col with the batch folded into the rows, so that the product (and the weight's
+     * gradient, its transpose) is ONE matrix multiply per group rather than one per image:
+     *   [N,C,OH,OW,kh,kw] -> [G, N,OH,OW, C/G,kh,kw] -> [G, N*OH*OW, Kc] @ [G, Kc, O/G]
+     * (with one group, plain 2-D matrices: [N*OH*OW, Kc] @ [Kc, O]). */
+    int64_t M = N_ * OH * OW, Og = O / G;
+    if (G == 1) {
+        int64_t p1[6] = {0, 2, 3, 1, 4, 5}, s_cols[2] = {M, Kc};
+        TRY(win = permute(c, win, 6, p1));
+        TRY(win = reshape(c, win, 2, s_cols));
+        int64_t sw[2] = {O, Kc}, pw[2] = {1, 0};
+        TRY(w = reshape(c, w, 2, sw));
+        TRY(w = permute(c, w, 2, pw)); /* [Kc, O] */
+    } else {
+        int64_t s7[7] = {N_, G, C / G, OH, OW, k[0], k[1]}, p7[7] = {1, 0, 3, 4, 2, 5, 6},
+                s_cols[3] = {G, M, Kc};
+        TRY(win = reshape(c, win, 7, s7));
+        TRY(win = permute(c, win, 7, p7));
+        TRY(win = reshape(c, win, 3, s_cols));
+        int64_t sw[3] = {G, Og, Kc}, pw[3] = {0, 2, 1};
+        TRY(w = reshape(c, w, 3, sw));
+        TRY(w = permute(c, w, 3, pw)); /* [G, Kc, O/G] */
+    }
     int32_t in[2] = {win, w};
-    TRY(r = prim(c, PRIM_matmul, in, 2, NULL)); /* [N, G, OH*OW, O/G] */
-    int64_t p3[4] = {0, 1, 3, 2}, so[4] = {N_, O, OH, OW};
-    TRY(r = permute(c, r, 4, p3));
-    TRY(r = reshape(c, r, 4, so));
+    TRY(r = prim(c, PRIM_matmul, in, 2, NULL)); /* [G,] N*OH*OW, O/G */
+    if (G == 1) {
+        int64_t s4[4] = {N_, OH, OW, O}, p4[4] = {0, 3, 1, 2};
+        TRY(r = reshape(c, r, 4, s4));
+        TRY(r = permute(c, r, 4, p4)); /* [N, O, OH, OW], a view */
+    } else {
+        int64_t s5[5] = {G, N_, OH, OW, Og}, p5[5] = {1, 0, 4, 2, 3}, so[4] = {N_, O, OH, OW};
+        TRY(r = reshape(c, r, 5, s5));
+        TRY(r = permute(c, r, 5, p5)); /* [N, G, O/G, OH, OW] */
+        TRY(r = reshape(c, r, 4, so));
+    }
     if (c->nin == 3) {
         int32_t b = c->in[2];
         if (N(b)->rank != 1 || N(b)->shape[0] != O)

@@ -141,9 +141,15 @@ class TinyJit:
         conn, _, fields, reply = runs[0]
         wire_outs = fields["outputs"]
         results = reply.get("outputs", [])
-        # Data fetched inline is only replayable as the cached value of a tensor the same run
-        # keeps (the loss an optimizer step realizes, so that loss.item() costs no request).
-        kept_at = {o["node"]: pos for pos, o in enumerate(wire_outs) if o.get("keep")}
+        if any(t._buf is None for t in outs):
+            raise JitError("a jitted function returned a tensor that its run did not compute; "
+                           "return only tensors that the step realizes")
+        # Data fetched inline is only replayable as the cached value of a returned tensor that
+        # the same run keeps (the loss an optimizer step realizes, so that loss.item() after the
+        # call costs no request); data read inside the function would be frozen.
+        returned = {t._buf.handle for t in outs}
+        kept_at = {o["node"]: pos for pos, o in enumerate(wire_outs)
+                   if o.get("keep") and results[pos].get("handle") in returned}
         inline = []  # (inline output position, kept output position of the same node)
         for pos, o in enumerate(wire_outs):
             if not o.get("keep"):
