@@ -10,13 +10,15 @@
  *
  * unwindow is the adjoint of the window view (the gradient of a convolution's or a pooling's
  * input): every input element [n, c, oh, ow, kh, kw] is added to out[n, c, oh*sh + kh*dh,
- * ow*sw + kw*dw]. Each output element gathers its own contributions, in a fixed order, so the
- * result does not depend on the thread count.
+ * ow*sw + kw*dw]. Each (n, c) plane is summed by one thread in a fixed order, so the result
+ * does not depend on the thread count.
  *
  * A negative pad crops, as in torch.nn.functional.pad: the input is first narrowed (a view), so
  * the copy never reads outside it.
  */
 #include "ref_impl.h"
+
+#include "../../server/mem.h" /* pg_malloc: a plane of partial sums per thread */
 
 typedef struct {
     uint8_t *out;
@@ -99,38 +101,55 @@ typedef struct {
     const int64_t *win;
 } unwindow_ctx_t;
 
-/* Output elements [begin, end): out[n, c, h, w] = sum of x[n, c, oh, ow, kh, kw] over the
- * (kh, kw, oh, ow) with oh*sh + kh*dh == h and ow*sw + kw*dw == w, summed in double in
- * C order of (kh, kw), then rounded once. */
+/* Planes [begin, end) of the output (plane p = (n, c)): every x[n, c, oh, ow, kh, kw] is added
+ * into a double copy of the plane, window position (kh, kw) by position in C order and (oh, ow)
+ * in C order within each, then the plane is rounded once into out. One plane is one thread's,
+ * so the order of the additions to any element is the same for every thread count. */
+#define UNWINDOW_PLANE(T)                                                                          \
+    for (int64_t kh = 0; kh < w[0]; kh++)                                                          \
+        for (int64_t kw = 0; kw < w[1]; kw++) {                                                    \
+            const T *xk = (const T *)xd + base + kh * xs[4] + kw * xs[5];                          \
+            double *bk = buf + kh * w[4] * W + kw * w[5];                                          \
+            for (int64_t oh = 0; oh < OH; oh++) {                                                  \
+                const T *xr = xk + oh * xs[2];                                                     \
+                double *br = bk + oh * w[2] * W;                                                   \
+                for (int64_t ow = 0; ow < OW; ow++)                                                \
+                    br[ow * w[3]] += (double)xr[ow * xs[3]];                                       \
+            }                                                                                      \
+        }
+
 static void unwindow_chunk(void *arg, uint64_t begin, uint64_t end) {
     const unwindow_ctx_t *c = arg;
     const ref_view_t *x = c->x;
-    const int64_t *w = c->win, *os = c->out->shape;
+    const int64_t *w = c->win, *os = c->out->shape, *xs = x->strides;
     const uint8_t *xd = ref__data(x);
     uint8_t *od = ref__data(c->out);
-    for (uint64_t j = begin; j < end; j++) {
-        int64_t r = (int64_t)j, col = r % os[3];
-        r /= os[3];
-        int64_t row = r % os[2];
-        r /= os[2];
-        int64_t ch = r % os[1], b = r / os[1];
-        int64_t base = x->off + b * x->strides[0] + ch * x->strides[1];
-        double acc = 0;
-        for (int64_t kh = 0; kh < w[0]; kh++) {
-            int64_t th = row - kh * w[4];
-            if (th < 0 || th % w[2] || th / w[2] >= x->shape[2])
-                continue;
-            for (int64_t kw = 0; kw < w[1]; kw++) {
-                int64_t tw = col - kw * w[5];
-                if (tw < 0 || tw % w[3] || tw / w[3] >= x->shape[3])
-                    continue;
-                acc += ref__ld_f(xd, x->dtype,
-                                 base + th / w[2] * x->strides[2] + tw / w[3] * x->strides[3] +
-                                     kh * x->strides[4] + kw * x->strides[5]);
-            }
-        }
-        ref__st_f(od, c->out->dtype, (int64_t)j, acc);
+    int64_t H = os[2], W = os[3], OH = x->shape[2], OW = x->shape[3];
+    double *buf = pg_malloc((size_t)(H * W > 0 ? H * W : 1) * sizeof(double));
+    if (!buf) { /* a plane of doubles is far below the output's size: gather one by one */
+        for (uint64_t p = begin; p < end; p++)
+            for (int64_t e = 0; e < H * W; e++)
+                ref__st_f(od, c->out->dtype, (int64_t)p * H * W + e, NAN);
+        return;
     }
+    for (uint64_t p = begin; p < end; p++) {
+        int64_t b = (int64_t)p / os[1], ch = (int64_t)p % os[1];
+        int64_t base = x->off + b * xs[0] + ch * xs[1];
+        memset(buf, 0, (size_t)(H * W) * sizeof(double));
+        if (x->dtype == PG_FLOAT32) {
+            UNWINDOW_PLANE(float)
+        } else {
+            UNWINDOW_PLANE(double)
+        }
+        int64_t o = (int64_t)p * H * W;
+        if (c->out->dtype == PG_FLOAT32)
+            for (int64_t e = 0; e < H * W; e++)
+                ((float *)od)[o + e] = (float)buf[e];
+        else
+            for (int64_t e = 0; e < H * W; e++)
+                ((double *)od)[o + e] = buf[e];
+    }
+    pg_free(buf);
 }
 
 static int unwindow(const graph_t *g, int32_t i, const ref_view_t *vals, ref_view_t *out,
@@ -152,7 +171,8 @@ static int unwindow(const graph_t *g, int32_t i, const ref_view_t *vals, ref_vie
     if (rc < 0)
         return rc;
     unwindow_ctx_t c = {x, out, w};
-    ref__parallel_for(n->numel, (uint64_t)(w[0] * w[1]), unwindow_chunk, &c);
+    uint64_t planes = (uint64_t)n->shape[0] * (uint64_t)n->shape[1];
+    ref__parallel_for(planes, ref__numel(x) / (planes ? planes : 1) + 1, unwindow_chunk, &c);
     return 0;
 }
 
