@@ -324,11 +324,33 @@ static void run_lap(uint64_t *phase_ns, int *phase, uint64_t *mark) {
     (*phase)++;
 }
 
+/* The handles of a run's optional `free` list, or NULL (no list, or one that is not an array of
+ * handles: then err is filled). Borrowed from the request. */
+static const msgpack_object *free_list(req_t *r, proto_err_t *err, bool *bad) {
+    const msgpack_object *f = proto_find(r->args, "free");
+    *bad = false;
+    if (!f || f->type == MSGPACK_OBJECT_NIL)
+        return NULL;
+    bool ok = f->type == MSGPACK_OBJECT_ARRAY;
+    for (uint32_t k = 0; ok && k < f->via.array.size; k++)
+        ok = f->via.array.ptr[k].type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+    if (!ok) {
+        *bad = true;
+        proto_fail(err, PG_EBAD_REQUEST, "field 'free' must be a list of handles");
+        return NULL;
+    }
+    return f;
+}
+
 int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     uint64_t start = uv_hrtime(), mark = start, phase_ns[STATS_RUN_PHASE_COUNT] = {0};
     int phase = STATS_RUN_prepare;
     prep_t p;
-    int rc = prepare(r, &p, err);
+    bool bad_free;
+    const msgpack_object *frees = free_list(r, err, &bad_free);
+    int rc = bad_free ? -err->code : prepare(r, &p, err);
+    if (bad_free)
+        memset(&p, 0, sizeof(p));
     graph_t *g = &p.g;
     uint32_t no = p.no, nall = p.nall;
     tensor_t **res = NULL;
@@ -447,6 +469,10 @@ out:
     pg_free(handles);
     pg_free(res);
     prep_free(&p);
+    /* Handles the client dropped, sent with the run instead of as `free` requests: released
+     * whether or not the run succeeded, unknown ones ignored (as a `free` reply would be). */
+    for (uint32_t k = 0; frees && k < frees->via.array.size; k++)
+        sess_remove(r->sess, frees->via.array.ptr[k].via.u64);
     stats_count_run(phase_ns, uv_hrtime() - start);
     return rc;
 }

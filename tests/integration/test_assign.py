@@ -434,3 +434,39 @@ def test_commit_update_loop_frees_and_hits_plans(pgconn):
     np.testing.assert_allclose(w.numpy(), [1.0, -2.0, 0.5, 3.0], atol=1e-3)
     assert s1["session"]["tensors"] == s0["session"]["tensors"]
     assert s1["plans"]["hits"] - s0["plans"]["hits"] == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's `free` list: handles the client dropped travel with the run (one request per step)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_run_free_list_releases_handles(conn):
+    a = conn.put(np.arange(3, dtype=np.float32))
+    b = conn.put(np.ones(3, np.float32))
+    n0 = conn.call("stats")["session"]["tensors"]
+    r = conn.call("run", nodes=[{"op": "input", "handle": b}, {"op": "neg", "in": [0]}],
+                  outputs=[out(1)], free=[a, 999999])  # an unknown handle is ignored
+    np.testing.assert_array_equal(decode(r["outputs"][0]), -np.ones(3, np.float32))
+    assert conn.call("stats")["session"]["tensors"] == n0 - 1
+    with pytest.raises(PicogradError) as e:
+        conn.call("get", handle=a)
+    assert e.value.code == "unknown_handle"
+
+
+def test_run_free_list_applies_when_the_run_fails(conn):
+    a = conn.put(np.arange(3, dtype=np.float32))
+    with pytest.raises(PicogradError) as e:
+        conn.call("run", nodes=[{"op": "input", "handle": 12345}], outputs=[out(0)], free=[a])
+    assert e.value.code == "unknown_handle"
+    with pytest.raises(PicogradError):
+        conn.call("get", handle=a)
+
+
+def test_run_free_list_must_be_handles(conn):
+    a = conn.put(np.arange(3, dtype=np.float32))
+    for bad in ("x", [a, "y"], [-1], {"h": a}):
+        with pytest.raises(PicogradError) as e:
+            conn.call("run", nodes=[{"op": "input", "handle": a}], outputs=[out(0)], free=bad)
+        assert e.value.code == "bad_request" and "'free'" in e.value.message
+    np.testing.assert_array_equal(decode(conn.call("get", handle=a)), np.arange(3))

@@ -201,13 +201,19 @@ _recorder = None
 def _exchange(conn, op, **fields):
     """Sends the queued frees and then request ``op``; returns its reply (raises on error).
 
-    The frees are pipelined in front of the request, so they cost no extra round trip; replies
+    A `run` carries the queued handles in its own `free` field. Before any other request the
+    frees are pipelined in front of it, so they cost no extra round trip; replies
     come back in order and the free replies are read and dropped (a handle the user freed by
     hand gives unknown_handle, which is harmless). Long queues go in batches so that the daemon's
     per-connection request queue never fills while we are still writing.
     """
     with conn._call_lock:  # another thread's conn.call() must not read one of our replies
         dead = _take_dead(conn)
+        if op == "run" and dead:
+            # A run carries them itself (its `free` field): a training step stays one request.
+            send_fields, dead = dict(fields, free=dead), []
+        else:
+            send_fields = fields
         while len(dead) > _MAX_IN_FLIGHT:
             batch, dead = dead[:_MAX_IN_FLIGHT], dead[_MAX_IN_FLIGHT:]
             for h in batch:
@@ -217,7 +223,7 @@ def _exchange(conn, op, **fields):
         for h in dead:
             conn.send("free", handle=h)
         try:
-            rid = conn.send(op, **fields)
+            rid = conn.send(op, **send_fields)
         finally:
             # Read the free replies even when the request could not be sent (say, an encoding
             # error): left unread, they would make every later call() fail as "busy".
