@@ -721,10 +721,27 @@ static int d_flip(adctx_t *c, int32_t i, int32_t g) {
     return 0;
 }
 
-static int d_window(adctx_t *c, int32_t i, int32_t g) { /* overlapping windows sum back */
+/* Windows that tile the input without overlap (a pooling whose stride is its kernel) are the
+ * input, reshaped and permuted: their adjoint is the reverse views, which fuse into the consumer,
+ * plus zeros for rows and columns no window reached. Overlapping windows sum back (unwindow). */
+static int d_window(adctx_t *c, int32_t i, int32_t g) {
     gattr_t a = {0};
     memcpy(a.win, N(i)->a.win, sizeof(a.win));
     shp_t xs = shp(c, N(i)->in[0]);
+    const int64_t *w = a.win, *os = N(i)->shape;
+    bool tiles = w[2] == w[0] && w[3] == w[1] && (w[4] == 1 || w[0] == 1) &&
+                 (w[5] == 1 || w[1] == 1);
+    if (tiles) {
+        int64_t perm[6] = {0, 1, 2, 4, 3, 5}, before[4] = {0}, after[4] = {0, 0, 0, 0};
+        shp_t ts = {.dt = xs.dt, .rank = 4, .d = {os[0], os[1], os[2] * w[0], os[3] * w[1]}};
+        after[2] = xs.d[2] - ts.d[2];
+        after[3] = xs.d[3] - ts.d[3];
+        int32_t t;
+        TRY(t = permute_by(c, g, 6, perm));
+        TRY(t = reshape_to(c, t, &ts));
+        GIVE(0, pad_zeros(c, t, before, after));
+        return 0;
+    }
     GIVE(0, emit(c, PRIM_unwindow, &g, 1, &a, &xs));
     return 0;
 }
