@@ -46,46 +46,64 @@
  * The canonical form and the key
  * =========================================================================================== */
 
-/* Word tags (the low byte of a header word): msgpack types, and a handle's ordinal. */
+/* Word tags (the low byte of a header word): msgpack types, a short string or a small uint in
+ * one word, and a handle's ordinal. */
 enum {
     PC_T_NIL = 1, PC_T_BOOL, PC_T_UINT, PC_T_INT, PC_T_F32, PC_T_F64, PC_T_STR, PC_T_BIN,
-    PC_T_EXT, PC_T_ARRAY, PC_T_MAP, PC_T_ORD, PC_T_OTHER,
+    PC_T_EXT, PC_T_ARRAY, PC_T_MAP, PC_T_ORD, PC_T_OTHER, PC_T_SSTR, PC_T_SUINT,
 };
 
-/* Appends one word; past the limit or out of memory the request stops being keyed. */
-static void put_word(pc_req_t *q, uint64_t w) {
+/* Makes room for n more words; past the limit or out of memory the request stops being keyed
+ * (false). */
+static bool reserve(pc_req_t *q, size_t n) {
+    if (q->nwords + n <= q->cap)
+        return true;
     if (!q->keyed)
-        return;
-    if (q->nwords == q->cap) {
-        if (q->cap >= LIM_PREPARED_MAX_WORDS) {
-            q->keyed = false;
-            return;
-        }
-        size_t cap = q->cap ? q->cap * 2 : 1024;
-        uint64_t *nw = pg_realloc_array(q->words, cap, sizeof(uint64_t));
-        if (!nw) {
-            q->keyed = false;
-            return;
-        }
-        q->words = nw;
-        q->cap = cap;
+        return false;
+    size_t cap = q->cap ? q->cap : 1024;
+    while (cap < q->nwords + n)
+        cap *= 2;
+    uint64_t *nw = cap > LIM_PREPARED_MAX_WORDS ? NULL
+                                                : pg_realloc_array(q->words, cap, sizeof(uint64_t));
+    if (!nw) {
+        q->keyed = false;
+        return false;
     }
-    q->words[q->nwords++] = w;
+    q->words = nw;
+    q->cap = cap;
+    return true;
 }
 
-/* A header word (tag and length), then the bytes, 8 to a word, the last one zero-padded. */
+static inline void put_word(pc_req_t *q, uint64_t w) {
+    if (q->nwords < q->cap || reserve(q, 1))
+        q->words[q->nwords++] = w;
+}
+
+/* Packs n <= 8 bytes into a word, in registers (a memcpy of a few bytes into a word on the
+ * stack stalls the load that reads it back). */
+static inline uint64_t pack_tail(const char *p, uint32_t n) {
+    uint64_t w = 0;
+    for (uint32_t k = 0; k < n; k++)
+        w |= (uint64_t)(uint8_t)p[k] << (8 * k);
+    return w;
+}
+
+/* Up to 6 bytes share one word with their tag and length; longer runs get a header word, then
+ * the bytes, 8 to a word, the last one zero-padded. */
 static void put_bytes(pc_req_t *q, int tag, const char *p, uint32_t n) {
-    uint64_t w;
-    put_word(q, (uint64_t)tag | (uint64_t)n << 8);
-    for (; n >= 8 && q->keyed; n -= 8, p += 8) {
-        memcpy(&w, p, 8);
-        put_word(q, w);
+    if (tag == PC_T_STR && n <= 6) {
+        put_word(q, PC_T_SSTR | (uint64_t)n << 8 | pack_tail(p, n) << 16);
+        return;
     }
-    if (n && q->keyed) {
-        w = 0;
-        memcpy(&w, p, n);
-        put_word(q, w);
-    }
+    if (!reserve(q, 2 + (size_t)n / 8))
+        return;
+    uint64_t *out = &q->words[q->nwords];
+    *out++ = (uint64_t)tag | (uint64_t)n << 8;
+    for (; n >= 8; n -= 8, p += 8)
+        memcpy(out++, p, 8);
+    if (n)
+        *out++ = pack_tail(p, n);
+    q->nwords = (size_t)(out - q->words);
 }
 
 /* Any object, structurally. Depth is bounded by the frame checks (protocol: 32). */
@@ -99,8 +117,12 @@ static void put_obj(pc_req_t *q, const msgpack_object *o) {
         put_word(q, PC_T_BOOL | (uint64_t)o->via.boolean << 8);
         break;
     case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        put_word(q, PC_T_UINT);
-        put_word(q, o->via.u64);
+        if (o->via.u64 < (1ull << 56)) {
+            put_word(q, PC_T_SUINT | o->via.u64 << 8);
+        } else {
+            put_word(q, PC_T_UINT);
+            put_word(q, o->via.u64);
+        }
         break;
     case MSGPACK_OBJECT_NEGATIVE_INTEGER:
         put_word(q, PC_T_INT);
@@ -193,8 +215,7 @@ static void put_node(pc_req_t *q, const msgpack_object *n) {
             uint32_t ord = ordinal(q, h);
             if (ord == UINT32_MAX)
                 q->keyed = false;
-            put_word(q, PC_T_ORD);
-            put_word(q, ord);
+            put_word(q, PC_T_ORD | (uint64_t)ord << 8);
         } else {
             put_obj(q, &n->via.map.ptr[i].val);
         }
@@ -212,16 +233,24 @@ static uint64_t fmix(uint64_t h) {
 }
 
 /* Two independent 64-bit hashes of the words: different bases, multipliers and rotations, one
- * xoring and one adding each word in. Each round is a bijection of its state, so no two word
- * sequences of one length are more likely to collide than chance. */
+ * xoring and one adding each word in. Each round is a bijection of its accumulator, and each
+ * hash keeps two accumulators (even and odd words) so that the rounds' latencies overlap. */
 static void hash_words(const uint64_t *w, size_t n, uint64_t key[2]) {
-    uint64_t a = 0xcbf29ce484222325ull ^ n, b = 0x84222325cbf29ce4ull + n;
-    for (size_t i = 0; i < n; i++) {
-        a = rotl(a ^ (w[i] * 0x87c37b91114253d5ull), 31) * 0x9e3779b97f4a7c15ull;
-        b = rotl(b + (w[i] * 0x4cf5ad432745937full), 27) * 0xd6e8feb86659fd93ull + 0x52dce729;
+    uint64_t a0 = 0xcbf29ce484222325ull ^ n, a1 = 0x9ae16a3b2f90404full;
+    uint64_t b0 = 0x84222325cbf29ce4ull + n, b1 = 0xc949d7c7509e6557ull;
+    size_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+        a0 = rotl(a0 ^ (w[i] * 0x87c37b91114253d5ull), 31) * 0x9e3779b97f4a7c15ull;
+        a1 = rotl(a1 ^ (w[i + 1] * 0x87c37b91114253d5ull), 31) * 0x9e3779b97f4a7c15ull;
+        b0 = rotl(b0 + (w[i] * 0x4cf5ad432745937full), 27) * 0xd6e8feb86659fd93ull;
+        b1 = rotl(b1 + (w[i + 1] * 0x4cf5ad432745937full), 27) * 0xd6e8feb86659fd93ull;
     }
-    key[0] = fmix(a);
-    key[1] = fmix(b ^ 0x94d049bb133111ebull);
+    if (i < n) {
+        a0 = rotl(a0 ^ (w[i] * 0x87c37b91114253d5ull), 31) * 0x9e3779b97f4a7c15ull;
+        b0 = rotl(b0 + (w[i] * 0x4cf5ad432745937full), 27) * 0xd6e8feb86659fd93ull;
+    }
+    key[0] = fmix(fmix(a0) ^ rotl(a1, 32));
+    key[1] = fmix(fmix(b0 + 0x94d049bb133111ebull) + rotl(b1, 17));
 }
 
 void pc_req_key(pc_req_t *q, const msgpack_object *nodes, const msgpack_object *outs) {
