@@ -27,7 +27,8 @@
  * two handles, e.g. a kept snapshot of input(h)). The entry records both per ordinal; a hit
  * whose session differs in either, or lacks a handle, is a miss, and the request is prepared as
  * usual, with its usual errors (unknown_handle naming the node, an assign to another session's
- * handle, shapes that do not broadcast).
+ * handle, shapes that do not broadcast), and cached beside the first entry: a training loop
+ * whose last batch is smaller keeps one entry per batch shape.
  *
  * An entry holds no session data: its input nodes hold no tensor, and each run binds its own
  * session's tensors to them (run.c, ref_eval_input). A graph holding a `const` tensor (data sent
@@ -507,25 +508,43 @@ static bool session_fits(const pc_entry_t *e, const pc_req_t *q, const sess_t *s
     return ok;
 }
 
+/* True when e was prepared from q's canonical request. */
+static bool same_request(const pc_entry_t *e, const uint64_t key[2], const uint64_t *words,
+                         size_t nwords) {
+    return e->key[0] == key[0] && e->key[1] == key[1] && e->nwords == nwords &&
+           !memcmp(e->words, words, nwords * sizeof(uint64_t));
+}
+
+/* True when a and b assumed the same of their handles (dtypes, shapes, shared tensors). */
+static bool same_handles(const pc_entry_t *a, const pc_entry_t *b) {
+    if (a->nh != b->nh)
+        return false;
+    for (uint32_t o = 0; o < a->nh; o++) {
+        const pc_handle_t *x = &a->h[o], *y = &b->h[o];
+        if (x->dtype != y->dtype || x->rank != y->rank || x->alias != y->alias ||
+            memcmp(x->shape, y->shape, (size_t)x->rank * sizeof(int64_t)))
+            return false;
+    }
+    return true;
+}
+
 pc_entry_t *prepcache_get(const pc_req_t *q, const sess_t *sess, tensor_t **tens) {
     if (!q->keyed || !prepcache_enabled())
         return NULL;
+    /* One request may have several entries, one per set of handle shapes (a last batch that is
+     * smaller than the others): the first that fits the session is the hit. The checks read
+     * immutable entries and this worker's own session, so they are short under the lock. */
     pthread_mutex_lock(&cache.lock);
     pc_entry_t *e = cache.head;
-    while (e && (e->key[0] != q->key[0] || e->key[1] != q->key[1]))
-        e = e->next;
+    for (; e; e = e->next)
+        if (same_request(e, q->key, q->words, q->nwords) && session_fits(e, q, sess, tens))
+            break;
     if (e) {
         lru_unlink(e);
         lru_push_front(e);
         atomic_fetch_add(&e->refs, 1);
     }
     pthread_mutex_unlock(&cache.lock);
-    /* The entry is immutable: the rest needs no lock. */
-    if (e && (e->nwords != q->nwords || memcmp(e->words, q->words, q->nwords * sizeof(uint64_t)) ||
-              !session_fits(e, q, sess, tens))) {
-        prepcache_release(e);
-        e = NULL;
-    }
     if (!e) {
         memset(tens, 0, (q->nh ? q->nh : 1) * sizeof(*tens));
         atomic_fetch_add(&cache.misses, 1);
@@ -544,9 +563,9 @@ void prepcache_put(pc_entry_t *e) {
     pthread_mutex_lock(&cache.lock);
     for (pc_entry_t *p = cache.head, *next; p; p = next) {
         next = p->next;
-        if (p->key[0] == e->key[0] && p->key[1] == e->key[1]) {
-            /* The same request prepared again (another worker at once, or a session whose
-             * handles differed): the newest wins. */
+        if (same_request(p, e->key, e->words, e->nwords) && same_handles(p, e)) {
+            /* The same request and handles prepared twice (two workers at once): the newest
+             * wins. */
             lru_unlink(p);
             p->next = drop;
             drop = p;

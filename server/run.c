@@ -22,8 +22,15 @@
  * old tensor is never written, so inputs read earlier in the run, kept outputs and `get` replies
  * still being written keep the value they had.
  *
- * Every run's time on its worker, split into prepare (read the request, lower, passes), plan and
- * execute, is added to the "runs" counters of `stats` (stats.c), failed runs included.
+ * A request seen before but for its handles (a training step with a new batch) is not lowered
+ * again: the prepared-run cache (prepcache.c) keeps the graph after every pass with its plan,
+ * and the run binds its session's tensors to the graph's input nodes (ref_eval_input) instead of
+ * reading them from the nodes, so that the cached graph holds no session data and several
+ * workers can run it at once. A request it does not answer is prepared here and offered to it.
+ *
+ * Every run's time on its worker, split into prepare (read the request, lower, passes; or key it
+ * and find it prepared), plan and execute, is added to the "runs" counters of `stats`
+ * (stats.c), failed runs included.
  *
  * `explain` (also here: it shares the request decoding) plans a graph without running it.
  */

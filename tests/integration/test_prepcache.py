@@ -12,7 +12,7 @@ These tests check, against a daemon with the cache (the default) and one without
 (b) the pattern of handles is part of the key (input(a), input(a) is not input(a), input(b)), and
     so is which handles share one tensor (a kept snapshot of input(a) is a + 0 with CSE);
 (c) a would-be hit whose session differs falls back to the normal path: another shape is
-    answered (or refused) as without the cache, an unknown handle gets the usual
+    answered (or refused) as without the cache, and cached beside the first, an unknown handle gets the usual
     unknown_handle naming the node, an assign to another session's handle is still refused;
 (d) a new learning rate (a weak scalar) is a new entry with the right result; a graph with
     const data is not cached and leaves no tensor behind; `explain` is not cached;
@@ -238,9 +238,15 @@ def test_other_shape_falls_back(pair):
         m.bad_err = error_of(c, step_nodes(m.w, m.b, bad, hy), STEP_OUTPUTS)
     assert mc.bad_err == mp.bad_err
     assert mc.bad_err[0] == "bad_shape" and "node 4 (matmul)" in mc.bad_err[1]
-    # and the state is untouched: the next step agrees again
+    # and the state is untouched: the next step agrees again, and both batch shapes kept their
+    # entries (a last batch that is smaller does not evict the others)
+    h1 = prepared(cached)["hits"]
     for a, e in zip(mc.step(x, y), mp.step(x, y)):
         np.testing.assert_array_equal(a, e)
+    x2, y2 = batches(1, rows=5, seed=9)[0]
+    for a, e in zip(mc.step(x2, y2), mp.step(x2, y2)):
+        np.testing.assert_array_equal(a, e)
+    assert prepared(cached)["hits"] == h1 + 2
 
 
 def test_unknown_handle_on_a_would_be_hit(pair):
