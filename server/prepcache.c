@@ -50,13 +50,27 @@
 /* Word tags (the low byte of a header word): msgpack types, a short string or a small uint in
  * one word, and a handle's ordinal. */
 enum {
-    PC_T_NIL = 1, PC_T_BOOL, PC_T_UINT, PC_T_INT, PC_T_F32, PC_T_F64, PC_T_STR, PC_T_BIN,
-    PC_T_EXT, PC_T_ARRAY, PC_T_MAP, PC_T_ORD, PC_T_OTHER, PC_T_SSTR, PC_T_SUINT,
+    PC_T_NIL = 1,
+    PC_T_BOOL,
+    PC_T_UINT,
+    PC_T_INT,
+    PC_T_F32,
+    PC_T_F64,
+    PC_T_STR,
+    PC_T_BIN,
+    PC_T_EXT,
+    PC_T_ARRAY,
+    PC_T_MAP,
+    PC_T_ORD,
+    PC_T_OTHER,
+    PC_T_SSTR,
+    PC_T_SUINT,
 };
 
 /* Makes room for n more words; past the limit or out of memory the request stops being keyed
  * (false). */
-static bool reserve(pc_req_t *q, size_t n) {
+static bool reserve(pc_req_t *q, size_t n)
+{
     if (q->nwords + n <= q->cap)
         return true;
     if (!q->keyed)
@@ -64,8 +78,8 @@ static bool reserve(pc_req_t *q, size_t n) {
     size_t cap = q->cap ? q->cap : 1024;
     while (cap < q->nwords + n)
         cap *= 2;
-    uint64_t *nw = cap > LIM_PREPARED_MAX_WORDS ? NULL
-                                                : pg_realloc_array(q->words, cap, sizeof(uint64_t));
+    uint64_t *nw =
+        cap > LIM_PREPARED_MAX_WORDS ? NULL : pg_realloc_array(q->words, cap, sizeof(uint64_t));
     if (!nw) {
         q->keyed = false;
         return false;
@@ -75,14 +89,16 @@ static bool reserve(pc_req_t *q, size_t n) {
     return true;
 }
 
-static inline void put_word(pc_req_t *q, uint64_t w) {
+static inline void put_word(pc_req_t *q, uint64_t w)
+{
     if (q->nwords < q->cap || reserve(q, 1))
         q->words[q->nwords++] = w;
 }
 
 /* Packs n <= 8 bytes into a word, in registers (a memcpy of a few bytes into a word on the
  * stack stalls the load that reads it back). */
-static inline uint64_t pack_tail(const char *p, uint32_t n) {
+static inline uint64_t pack_tail(const char *p, uint32_t n)
+{
     uint64_t w = 0;
     for (uint32_t k = 0; k < n; k++)
         w |= (uint64_t)(uint8_t)p[k] << (8 * k);
@@ -91,7 +107,8 @@ static inline uint64_t pack_tail(const char *p, uint32_t n) {
 
 /* Up to 6 bytes share one word with their tag and length; longer runs get a header word, then
  * the bytes, 8 to a word, the last one zero-padded. */
-static void put_bytes(pc_req_t *q, int tag, const char *p, uint32_t n) {
+static void put_bytes(pc_req_t *q, int tag, const char *p, uint32_t n)
+{
     if (tag == PC_T_STR && n <= 6) {
         put_word(q, PC_T_SSTR | (uint64_t)n << 8 | pack_tail(p, n) << 16);
         return;
@@ -108,15 +125,12 @@ static void put_bytes(pc_req_t *q, int tag, const char *p, uint32_t n) {
 }
 
 /* Any object, structurally. Depth is bounded by the frame checks (protocol: 32). */
-static void put_obj(pc_req_t *q, const msgpack_object *o) {
+static void put_obj(pc_req_t *q, const msgpack_object *o)
+{
     uint64_t bits;
     switch (o->type) {
-    case MSGPACK_OBJECT_NIL:
-        put_word(q, PC_T_NIL);
-        break;
-    case MSGPACK_OBJECT_BOOLEAN:
-        put_word(q, PC_T_BOOL | (uint64_t)o->via.boolean << 8);
-        break;
+    case MSGPACK_OBJECT_NIL: put_word(q, PC_T_NIL); break;
+    case MSGPACK_OBJECT_BOOLEAN: put_word(q, PC_T_BOOL | (uint64_t)o->via.boolean << 8); break;
     case MSGPACK_OBJECT_POSITIVE_INTEGER:
         if (o->via.u64 < (1ull << 56)) {
             put_word(q, PC_T_SUINT | o->via.u64 << 8);
@@ -135,12 +149,8 @@ static void put_obj(pc_req_t *q, const msgpack_object *o) {
         put_word(q, o->type == MSGPACK_OBJECT_FLOAT32 ? PC_T_F32 : PC_T_F64);
         put_word(q, bits);
         break;
-    case MSGPACK_OBJECT_STR:
-        put_bytes(q, PC_T_STR, o->via.str.ptr, o->via.str.size);
-        break;
-    case MSGPACK_OBJECT_BIN:
-        put_bytes(q, PC_T_BIN, o->via.bin.ptr, o->via.bin.size);
-        break;
+    case MSGPACK_OBJECT_STR: put_bytes(q, PC_T_STR, o->via.str.ptr, o->via.str.size); break;
+    case MSGPACK_OBJECT_BIN: put_bytes(q, PC_T_BIN, o->via.bin.ptr, o->via.bin.size); break;
     case MSGPACK_OBJECT_EXT:
         put_word(q, PC_T_EXT | (uint64_t)(uint8_t)o->via.ext.type << 8);
         put_bytes(q, PC_T_EXT, o->via.ext.ptr, o->via.ext.size);
@@ -157,13 +167,12 @@ static void put_obj(pc_req_t *q, const msgpack_object *o) {
             put_obj(q, &o->via.map.ptr[i].val);
         }
         break;
-    default:
-        put_word(q, PC_T_OTHER);
-        break;
+    default: put_word(q, PC_T_OTHER); break;
     }
 }
 
-static bool str_is(const msgpack_object *o, const char *s) {
+static bool str_is(const msgpack_object *o, const char *s)
+{
     size_t n = strlen(s);
     return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
            !memcmp(o->via.str.ptr, s, n);
@@ -171,7 +180,8 @@ static bool str_is(const msgpack_object *o, const char *s) {
 
 /* The handle a node's `handle` value names when lowering would take it as one (1 to 2^63-1),
  * else 0. */
-static uint64_t handle_value(const msgpack_object *v) {
+static uint64_t handle_value(const msgpack_object *v)
+{
     if (v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 >= 1 &&
         v->via.u64 <= (uint64_t)INT64_MAX)
         return v->via.u64;
@@ -180,7 +190,8 @@ static uint64_t handle_value(const msgpack_object *v) {
 
 /* Returns handle h's ordinal, giving it the next one on its first occurrence; UINT32_MAX when
  * memory runs out. */
-static uint32_t ordinal(pc_req_t *q, uint64_t h) {
+static uint32_t ordinal(pc_req_t *q, uint64_t h)
+{
     uintptr_t v = (uintptr_t)htab_get(&q->ord, h);
     if (v)
         return (uint32_t)(v - 1);
@@ -200,7 +211,8 @@ static uint32_t ordinal(pc_req_t *q, uint64_t h) {
 
 /* One request node: an `input` or `assign` node's handle (the value lowering reads: the first
  * "handle" key) becomes its ordinal; everything else is written as it is. */
-static void put_node(pc_req_t *q, const msgpack_object *n) {
+static void put_node(pc_req_t *q, const msgpack_object *n)
+{
     if (n->type != MSGPACK_OBJECT_MAP) {
         put_obj(q, n);
         return;
@@ -223,9 +235,13 @@ static void put_node(pc_req_t *q, const msgpack_object *n) {
     }
 }
 
-static uint64_t rotl(uint64_t x, int r) { return x << r | x >> (64 - r); }
+static uint64_t rotl(uint64_t x, int r)
+{
+    return x << r | x >> (64 - r);
+}
 
-static uint64_t fmix(uint64_t h) {
+static uint64_t fmix(uint64_t h)
+{
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdull;
     h ^= h >> 33;
@@ -236,7 +252,8 @@ static uint64_t fmix(uint64_t h) {
 /* Two independent 64-bit hashes of the words: different bases, multipliers and rotations, one
  * xoring and one adding each word in. Each round is a bijection of its accumulator, and each
  * hash keeps two accumulators (even and odd words) so that the rounds' latencies overlap. */
-static void hash_words(const uint64_t *w, size_t n, uint64_t key[2]) {
+static void hash_words(const uint64_t *w, size_t n, uint64_t key[2])
+{
     uint64_t a0 = 0xcbf29ce484222325ull ^ n, a1 = 0x9ae16a3b2f90404full;
     uint64_t b0 = 0x84222325cbf29ce4ull + n, b1 = 0xc949d7c7509e6557ull;
     size_t i = 0;
@@ -254,7 +271,8 @@ static void hash_words(const uint64_t *w, size_t n, uint64_t key[2]) {
     key[1] = fmix(fmix(b0 + 0x94d049bb133111ebull) + rotl(b1, 17));
 }
 
-void pc_req_key(pc_req_t *q, const msgpack_object *nodes, const msgpack_object *outs) {
+void pc_req_key(pc_req_t *q, const msgpack_object *nodes, const msgpack_object *outs)
+{
     if (!nodes || nodes->type != MSGPACK_OBJECT_ARRAY || !outs ||
         outs->type != MSGPACK_OBJECT_ARRAY || nodes->via.array.size > GRAPH_MAX_NODES)
         return;
@@ -268,7 +286,8 @@ void pc_req_key(pc_req_t *q, const msgpack_object *nodes, const msgpack_object *
         hash_words(q->words, q->nwords, q->key);
 }
 
-void pc_req_free(pc_req_t *q) {
+void pc_req_free(pc_req_t *q)
+{
     pg_free(q->words);
     pg_free(q->handles);
     htab_free(&q->ord);
@@ -281,7 +300,8 @@ void pc_req_free(pc_req_t *q) {
 
 /* Sets alias[o] to the first index p <= o with t[p] == t[o], for o < n. Returns 0 or -1 when
  * memory runs out. */
-static int alias_fill(tensor_t *const *t, uint32_t n, uint32_t *alias) {
+static int alias_fill(tensor_t *const *t, uint32_t n, uint32_t *alias)
+{
     if (n <= 64) {
         for (uint32_t o = 0; o < n; o++) {
             alias[o] = o;
@@ -312,7 +332,8 @@ static int alias_fill(tensor_t *const *t, uint32_t n, uint32_t *alias) {
  * Entries
  * =========================================================================================== */
 
-static void entry_free(pc_entry_t *e) {
+static void entry_free(pc_entry_t *e)
+{
     graph_free(&e->g);
     pg_free(e->out_id);
     pg_free(e->keep);
@@ -325,7 +346,8 @@ static void entry_free(pc_entry_t *e) {
     pg_free(e);
 }
 
-void prepcache_release(pc_entry_t *e) {
+void prepcache_release(pc_entry_t *e)
+{
     if (e && atomic_fetch_sub(&e->refs, 1) == 1)
         entry_free(e);
 }
@@ -334,7 +356,8 @@ void prepcache_release(pc_entry_t *e) {
  * every input node and assign maps to a handle of q. Moves the inputs' tensors into tens (by
  * ordinal) and q's canonical form into e. Leaves e as it was when it cannot. */
 static void share(pc_entry_t *e, pc_req_t *q, const lower_assigns_t *as,
-                  const msgpack_object *nodes, const sess_t *sess, tensor_t **tens) {
+                  const msgpack_object *nodes, const sess_t *sess, tensor_t **tens)
+{
     graph_t *g = &e->g;
     uint32_t nin = 0;
     for (int32_t i = 0; i < g->n; i++) {
@@ -411,8 +434,9 @@ out_free:
 }
 
 pc_entry_t *prepcache_adopt(pc_req_t *q, graph_t *g, int32_t **out_id, bool **keep, uint32_t no,
-                            uint32_t nall, const lower_assigns_t *as,
-                            const msgpack_object *nodes, const sess_t *sess, tensor_t **tens) {
+                            uint32_t nall, const lower_assigns_t *as, const msgpack_object *nodes,
+                            const sess_t *sess, tensor_t **tens)
+{
     pc_entry_t *e = pg_calloc_array(1, sizeof(*e));
     if (!e) {
         graph_free(g);
@@ -450,17 +474,24 @@ pc_entry_t *prepcache_adopt(pc_req_t *q, graph_t *g, int32_t **out_id, bool **ke
 
 static struct {
     pthread_mutex_t lock;
-    pc_entry_t *head, *tail;           /* most recently used first */
-    uint32_t count, max;               /* entries, and the limit (0: off) */
-    uint64_t prims;                    /* primitive nodes of the cached graphs */
+    pc_entry_t *head, *tail; /* most recently used first */
+    uint32_t count, max;     /* entries, and the limit (0: off) */
+    uint64_t prims;          /* primitive nodes of the cached graphs */
     atomic_uint_fast64_t hits, misses;
 } cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-void prepcache_init(uint32_t max_entries) { cache.max = max_entries; }
+void prepcache_init(uint32_t max_entries)
+{
+    cache.max = max_entries;
+}
 
-bool prepcache_enabled(void) { return cache.max > 0; }
+bool prepcache_enabled(void)
+{
+    return cache.max > 0;
+}
 
-static void lru_unlink(pc_entry_t *e) {
+static void lru_unlink(pc_entry_t *e)
+{
     if (e->prev)
         e->prev->next = e->next;
     else
@@ -474,7 +505,8 @@ static void lru_unlink(pc_entry_t *e) {
     cache.prims -= (uint64_t)e->g.n;
 }
 
-static void lru_push_front(pc_entry_t *e) {
+static void lru_push_front(pc_entry_t *e)
+{
     e->prev = NULL;
     e->next = cache.head;
     if (cache.head)
@@ -488,7 +520,8 @@ static void lru_push_front(pc_entry_t *e) {
 
 /* Checks that sess has q's handles as e was prepared with them; fills tens (borrowed). */
 static bool session_fits(const pc_entry_t *e, const pc_req_t *q, const sess_t *sess,
-                         tensor_t **tens) {
+                         tensor_t **tens)
+{
     if (q->nh != e->nh)
         return false;
     for (uint32_t o = 0; o < q->nh; o++) {
@@ -510,13 +543,15 @@ static bool session_fits(const pc_entry_t *e, const pc_req_t *q, const sess_t *s
 
 /* True when e was prepared from q's canonical request. */
 static bool same_request(const pc_entry_t *e, const uint64_t key[2], const uint64_t *words,
-                         size_t nwords) {
+                         size_t nwords)
+{
     return e->key[0] == key[0] && e->key[1] == key[1] && e->nwords == nwords &&
            !memcmp(e->words, words, nwords * sizeof(uint64_t));
 }
 
 /* True when a and b assumed the same of their handles (dtypes, shapes, shared tensors). */
-static bool same_handles(const pc_entry_t *a, const pc_entry_t *b) {
+static bool same_handles(const pc_entry_t *a, const pc_entry_t *b)
+{
     if (a->nh != b->nh)
         return false;
     for (uint32_t o = 0; o < a->nh; o++) {
@@ -528,7 +563,8 @@ static bool same_handles(const pc_entry_t *a, const pc_entry_t *b) {
     return true;
 }
 
-pc_entry_t *prepcache_get(const pc_req_t *q, const sess_t *sess, tensor_t **tens) {
+pc_entry_t *prepcache_get(const pc_req_t *q, const sess_t *sess, tensor_t **tens)
+{
     if (!q->keyed || !prepcache_enabled())
         return NULL;
     /* One request may have several entries, one per set of handle shapes (a last batch that is
@@ -556,7 +592,8 @@ pc_entry_t *prepcache_get(const pc_req_t *q, const sess_t *sess, tensor_t **tens
     return e;
 }
 
-void prepcache_put(pc_entry_t *e) {
+void prepcache_put(pc_entry_t *e)
+{
     if (!e->shared || !prepcache_enabled())
         return;
     pc_entry_t *drop = NULL; /* unlinked entries to release outside the lock, through ->next */
@@ -589,12 +626,14 @@ void prepcache_put(pc_entry_t *e) {
     }
 }
 
-void prepcache_stats(uint64_t *hits, uint64_t *misses) {
+void prepcache_stats(uint64_t *hits, uint64_t *misses)
+{
     *hits = atomic_load(&cache.hits);
     *misses = atomic_load(&cache.misses);
 }
 
-void prepcache_shutdown(void) {
+void prepcache_shutdown(void)
+{
     pthread_mutex_lock(&cache.lock);
     pc_entry_t *e = cache.head;
     cache.head = cache.tail = NULL;

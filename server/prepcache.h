@@ -25,64 +25,64 @@
 
 /* An `input` primitive of a prepared graph and the handle (by ordinal) whose tensor it reads. */
 typedef struct {
-    int32_t node;                  /* the primitive node */
-    uint32_t ord;                  /* the ordinal of its handle in the request */
+    int32_t node; /* the primitive node */
+    uint32_t ord; /* the ordinal of its handle in the request */
 } pc_input_t;
 
 /* An `assign` of a prepared request. */
 typedef struct {
-    uint32_t ord;                  /* the ordinal of the assigned handle */
-    int32_t wire;                  /* the assign's request node (messages) */
+    uint32_t ord; /* the ordinal of the assigned handle */
+    int32_t wire; /* the assign's request node (messages) */
 } pc_assign_t;
 
 /* What the prepared graph assumed of one handle: a hit needs the same. */
 typedef struct {
-    pg_dtype_t dtype;              /* the tensor's dtype when the request was prepared */
+    pg_dtype_t dtype; /* the tensor's dtype when the request was prepared */
     int rank;
     int64_t shape[PROTO_MAX_RANK];
-    uint32_t alias;                /* the first ordinal whose handle held the same tensor (CSE
-                                    * merged their inputs), its own ordinal when none did */
+    uint32_t alias; /* the first ordinal whose handle held the same tensor (CSE
+                     * merged their inputs), its own ordinal when none did */
 } pc_handle_t;
 
 /* A prepared request: the lowered graph after every pass, its outputs and assigns, and its
  * schedule. Refcounted (the cache's reference and each running request's). */
 typedef struct pc_entry {
     atomic_int refs;
-    uint64_t key[2];               /* the request's 128-bit key */
-    uint64_t *words;               /* the canonical request the key hashes (owned; compared
-                                    * whole on a hit, so a key collision is never a hit) */
+    uint64_t key[2]; /* the request's 128-bit key */
+    uint64_t *words; /* the canonical request the key hashes (owned; compared
+                      * whole on a hit, so a key collision is never a hit) */
     size_t nwords;
-    bool shared;                   /* made from a keyed request: its input nodes hold no tensor
-                                    * (each run binds them) and it may be cached */
-    graph_t g;                     /* the prepared graph (owned) */
-    uint32_t no;                   /* outputs the request asked for */
-    uint32_t nall;                 /* no + one per assign */
-    int32_t *out_id;               /* nall primitive nodes: the outputs, then the assigns'
-                                    * values (owned) */
-    bool *keep;                    /* no flags: keep output k as a handle (owned) */
-    pc_assign_t *as;               /* nas assigns, in request order (owned) */
+    bool shared;     /* made from a keyed request: its input nodes hold no tensor
+                      * (each run binds them) and it may be cached */
+    graph_t g;       /* the prepared graph (owned) */
+    uint32_t no;     /* outputs the request asked for */
+    uint32_t nall;   /* no + one per assign */
+    int32_t *out_id; /* nall primitive nodes: the outputs, then the assigns'
+                      * values (owned) */
+    bool *keep;      /* no flags: keep output k as a handle (owned) */
+    pc_assign_t *as; /* nas assigns, in request order (owned) */
     uint32_t nas;
-    pc_input_t *in;                /* nin input primitives (owned; shared entries only) */
+    pc_input_t *in; /* nin input primitives (owned; shared entries only) */
     uint32_t nin;
-    pc_handle_t *h;                /* nh handles, by ordinal (owned; shared entries only) */
+    pc_handle_t *h; /* nh handles, by ordinal (owned; shared entries only) */
     uint32_t nh;
-    plan_t *plan;                  /* the plan (a reference), or NULL without the JIT */
-    fuse_plan_t local;             /* the interpreter's schedule when there is no compiled
-                                    * plan (owned; has_local) */
+    plan_t *plan;      /* the plan (a reference), or NULL without the JIT */
+    fuse_plan_t local; /* the interpreter's schedule when there is no compiled
+                        * plan (owned; has_local) */
     bool has_local;
-    struct pc_entry *prev, *next;  /* LRU list (the cache's lock) */
+    struct pc_entry *prev, *next; /* LRU list (the cache's lock) */
 } pc_entry_t;
 
 /* One request's key: its canonical form and its handles in ordinal order. Per run; zero it,
  * fill it with pc_req_key, free it with pc_req_free. */
 typedef struct {
-    bool keyed;                    /* the request could be keyed (else it is never cached) */
+    bool keyed; /* the request could be keyed (else it is never cached) */
     uint64_t key[2];
-    uint64_t *words;               /* the canonical request (owned until an entry adopts it) */
+    uint64_t *words; /* the canonical request (owned until an entry adopts it) */
     size_t nwords, cap;
-    uint64_t *handles;             /* nh distinct handles, by first occurrence (owned) */
+    uint64_t *handles; /* nh distinct handles, by first occurrence (owned) */
     uint32_t nh, hcap;
-    htab_t ord;                    /* handle -> ordinal + 1 */
+    htab_t ord; /* handle -> ordinal + 1 */
 } pc_req_t;
 
 /* Sets the number of cached entries (--prepared-cache; 0 turns the cache off). Call once at
@@ -118,8 +118,8 @@ pc_entry_t *prepcache_get(const pc_req_t *q, const sess_t *sess, tensor_t **tens
  * with one reference, or NULL when memory runs out.
  */
 pc_entry_t *prepcache_adopt(pc_req_t *q, graph_t *g, int32_t **out_id, bool **keep, uint32_t no,
-                            uint32_t nall, const lower_assigns_t *as,
-                            const msgpack_object *nodes, const sess_t *sess, tensor_t **tens);
+                            uint32_t nall, const lower_assigns_t *as, const msgpack_object *nodes,
+                            const sess_t *sess, tensor_t **tens);
 
 /* Caches a shared entry whose plan and schedule are set (it is never changed again); replaces an
  * entry of the same key, evicts the least recently used ones past the limits. Does nothing for an
