@@ -41,6 +41,7 @@ typedef struct {
     bool jit;                 /* --jit on|off: compile fused kernels (default on) */
     const char *cc;           /* --cc: the C compiler command for kernels (default "cc") */
     const char *cache_dir;    /* --cache-dir: where compiled kernels are kept between runs */
+    uint32_t prepared_cache;  /* --prepared-cache: prepared run requests kept (0: none) */
 } cfg_t;
 
 struct conn;

@@ -50,6 +50,19 @@
 /* The longest a `sleep` request may hold a worker, in seconds. */
 #define LIM_MAX_SLEEP_SECONDS 60.0
 
+/* Prepared `run` requests kept for reuse by later runs of the same request (--prepared-cache N,
+ * entries; 0 turns the cache off; server/prepcache.c). An entry holds a lowered graph (~450
+ * bytes a primitive, internal memory outside --max-memory) and the request's canonical form, so
+ * it is bounded three ways: a graph over LIM_PREPARED_MAX_PRIMS primitives or a request over
+ * LIM_PREPARED_MAX_WORDS canonical words is prepared every time, never cached, and the cache
+ * evicts its least recently used entries past LIM_PREPARED_TOTAL_PRIMS primitives in all
+ * (~45 MB). */
+#define LIM_PREPARED_CACHE_DEFAULT 64
+#define LIM_PREPARED_CACHE_CEILING 4096
+#define LIM_PREPARED_MAX_PRIMS 20000
+#define LIM_PREPARED_TOTAL_PRIMS 100000
+#define LIM_PREPARED_MAX_WORDS (1u << 16)
+
 #if LIM_MAX_FRAME_DEFAULT > LIM_MAX_FRAME_CEILING
 #error "the default frame limit must fit the 4-byte length prefix"
 #endif
@@ -58,6 +71,12 @@
 #endif
 #if LIM_MAX_SESSIONS_DEFAULT > LIM_MAX_SESSIONS_CEILING
 #error "LIM_MAX_SESSIONS_DEFAULT over its ceiling"
+#endif
+#if LIM_PREPARED_CACHE_DEFAULT > LIM_PREPARED_CACHE_CEILING
+#error "LIM_PREPARED_CACHE_DEFAULT over its ceiling"
+#endif
+#if LIM_PREPARED_MAX_PRIMS > LIM_PREPARED_TOTAL_PRIMS
+#error "one cacheable prepared graph must fit the prepared cache"
 #endif
 
 #endif /* PG_LIMITS_H */

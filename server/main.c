@@ -15,6 +15,7 @@
 #include "log.h"
 #include "mem.h"
 #include "plan.h"
+#include "prepcache.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -55,10 +56,12 @@ static void usage(FILE *f) {
             "  --cache-dir DIR         compiled kernels kept between runs (default\n"
             "                          $XDG_CACHE_HOME/picogradd, else $HOME/.cache/picogradd,\n"
             "                          else /tmp/picogradd-cache-$UID)\n"
+            "  --prepared-cache N      run requests kept lowered and planned for their next run\n"
+            "                          with new handles (default %d; 0 turns the cache off)\n"
             "  --help, --version\n"
             "\n"
             "BYTES accept a K, M or G suffix (powers of 1024).\n",
-            LIM_MAX_INFLIGHT_DEFAULT, LIM_MAX_SESSIONS_DEFAULT);
+            LIM_MAX_INFLIGHT_DEFAULT, LIM_MAX_SESSIONS_DEFAULT, LIM_PREPARED_CACHE_DEFAULT);
 }
 
 /* Parses "123", "64K", "512M", "1G" (powers of 1024). Returns false on junk or overflow. */
@@ -98,7 +101,7 @@ static bool parse_range(const char *flag, const char *s, uint64_t lo, uint64_t h
 enum {
     OPT_LISTEN = 256, OPT_THREADS, OPT_MAX_FRAME, OPT_MAX_MEMORY, OPT_MAX_INFLIGHT,
     OPT_MAX_UNSENT, OPT_MAX_SESSIONS, OPT_SHUTDOWN_TIMEOUT, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION,
-    OPT_JIT, OPT_CC, OPT_CACHE_DIR, OPT_JIT_MIN_WORK,
+    OPT_JIT, OPT_CC, OPT_CACHE_DIR, OPT_JIT_MIN_WORK, OPT_PREPARED_CACHE,
 };
 
 /* Fills cfg from argv. Returns 0 to run, 1 for a usage error, 2 after --help or --version. */
@@ -117,6 +120,7 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
         {"cc", required_argument, NULL, OPT_CC},
         {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
         {"jit-min-work", required_argument, NULL, OPT_JIT_MIN_WORK},
+        {"prepared-cache", required_argument, NULL, OPT_PREPARED_CACHE},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -135,6 +139,7 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
     cfg->jit = true;
     cfg->cc = "cc";
     cfg->cache_dir = NULL; /* main picks the default */
+    cfg->prepared_cache = LIM_PREPARED_CACHE_DEFAULT;
 
     int opt;
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -197,6 +202,11 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
             if (!parse_range("--jit-min-work", optarg, 0, UINT64_MAX, &v))
                 return 1;
             fuse_set_min_work(v);
+            break;
+        case OPT_PREPARED_CACHE:
+            if (!parse_range("--prepared-cache", optarg, 0, LIM_PREPARED_CACHE_CEILING, &v))
+                return 1;
+            cfg->prepared_cache = (uint32_t)v;
             break;
         case OPT_JIT:
             if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
@@ -317,6 +327,7 @@ int main(int argc, char **argv) {
     d->start_ns = uv_hrtime();
 
     ref_set_threads(d->cfg.threads);
+    prepcache_init(d->cfg.prepared_cache);
     if (d->cfg.jit) {
         if (!d->cfg.cache_dir) {
             default_cache_dir(cache_dir, sizeof(cache_dir));
@@ -356,6 +367,7 @@ out_stop:
     if (status == 0)
         log_info("stopped");
 out_loop:
+    prepcache_shutdown(); /* its entries hold plans */
     plan_cache_shutdown();
     if (d->cfg.jit)
         jit_shutdown();

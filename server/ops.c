@@ -11,6 +11,7 @@
 #include "mem.h"
 #include "passes/lower.h"
 #include "plan.h"
+#include "prepcache.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -137,7 +138,7 @@ int ops_ping(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
 
 int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     (void)err;
-    proto_pack_reply_head(pk, 2 + 14, true, r->id, true);
+    proto_pack_reply_head(pk, 2 + 15, true, r->id, true);
     key(pk, "sessions");
     msgpack_pack_uint64(pk, d->nconns);
     key(pk, "tensors");
@@ -164,6 +165,13 @@ int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     key(pk, "disk_hits");
     msgpack_pack_uint64(pk, js.disk_hits);
     key(pk, "plans");
+    msgpack_pack_map(pk, 2);
+    key(pk, "hits");
+    msgpack_pack_uint64(pk, hits);
+    key(pk, "misses");
+    msgpack_pack_uint64(pk, misses);
+    prepcache_stats(&hits, &misses);
+    key(pk, "prepared");
     msgpack_pack_map(pk, 2);
     key(pk, "hits");
     msgpack_pack_uint64(pk, hits);

@@ -249,6 +249,12 @@ plan_t *plan_get(const graph_t *g, const int32_t *out_id, uint32_t no, bool ever
     return fresh;
 }
 
+void plan_count_hit(void) {
+    pthread_mutex_lock(&cache.lock);
+    cache.hits++;
+    pthread_mutex_unlock(&cache.lock);
+}
+
 void plan_stats(uint64_t *hits, uint64_t *misses) {
     pthread_mutex_lock(&cache.lock);
     *hits = cache.hits;

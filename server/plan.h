@@ -69,6 +69,10 @@ char *plan_explain_text(const plan_t *p, const graph_t *g);
 /* Packs the "graph", "groups" and "kernels" keys of an explain reply (3 map entries). */
 int plan_pack_explain(msgpack_packer *pk, const plan_t *p, const graph_t *g);
 
+/* Counts a plan cache hit for a run that found its plan without plan_get: a prepared request
+ * (prepcache.h) keeps the plan it was given, and planned nothing either. */
+void plan_count_hit(void);
+
 /* Plan cache counters since start. */
 void plan_stats(uint64_t *hits, uint64_t *misses);
 

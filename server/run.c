@@ -22,8 +22,15 @@
  * old tensor is never written, so inputs read earlier in the run, kept outputs and `get` replies
  * still being written keep the value they had.
  *
- * Every run's time on its worker, split into prepare (read the request, lower, passes), plan and
- * execute, is added to the "runs" counters of `stats` (stats.c), failed runs included.
+ * A request seen before but for its handles (a training step with a new batch) is not lowered
+ * again: the prepared-run cache (prepcache.c) keeps the graph after every pass with its plan,
+ * and the run binds its session's tensors to the graph's input nodes (ref_eval_input) instead of
+ * reading them from the nodes, so that the cached graph holds no session data and several
+ * workers can run it at once. A request it does not answer is prepared here and offered to it.
+ *
+ * Every run's time on its worker, split into prepare (read the request, lower, passes; or key it
+ * and find it prepared), plan and execute, is added to the "runs" counters of `stats`
+ * (stats.c), failed runs included.
  *
  * `explain` (also here: it shares the request decoding) plans a graph without running it.
  */
@@ -40,6 +47,7 @@
 #include "passes/lower.h"
 #include "passes/views.h"
 #include "plan.h"
+#include "prepcache.h"
 
 #include <string.h>
 
@@ -342,55 +350,113 @@ static const msgpack_object *free_list(req_t *r, proto_err_t *err, bool *bad) {
     return f;
 }
 
+/* Prepares a request that the prepared-run cache did not answer: lowers it (prepare) and makes
+ * its entry (prepcache_adopt, shared when q is keyed and the graph fits), with the handle each
+ * assign names in *ah (owned by the caller). Fills tens as prepcache_adopt does. Returns 0 or a
+ * negative PG_E* with err filled. */
+static int prepare_entry(req_t *r, pc_req_t *q, tensor_t **tens, pc_entry_t **e, uint64_t **ah,
+                         proto_err_t *err) {
+    prep_t p;
+    int rc = prepare(r, &p, err);
+    if (rc != 0)
+        goto out;
+    *ah = pg_calloc_array(p.as.n ? p.as.n : 1, sizeof(uint64_t));
+    if (!*ah) {
+        rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for %u assigns", p.as.n);
+        goto out;
+    }
+    for (uint32_t j = 0; j < p.as.n; j++)
+        (*ah)[j] = p.as.a[j].handle;
+    *e = prepcache_adopt(q, &p.g, &p.out_id, &p.keep, p.no, p.nall, &p.as,
+                         proto_find(r->args, "nodes"), r->sess, tens);
+    if (!*e)
+        rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for a prepared graph");
+out:
+    prep_free(&p);
+    return rc;
+}
+
 int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     uint64_t start = uv_hrtime(), mark = start, phase_ns[STATS_RUN_PHASE_COUNT] = {0};
     int phase = STATS_RUN_prepare;
-    prep_t p;
-    bool bad_free;
-    const msgpack_object *frees = free_list(r, err, &bad_free);
-    int rc = bad_free ? -err->code : prepare(r, &p, err);
-    if (bad_free)
-        memset(&p, 0, sizeof(p));
-    graph_t *g = &p.g;
-    uint32_t no = p.no, nall = p.nall;
+    pc_req_t q = {0};
+    pc_entry_t *e = NULL;    /* the prepared request: from the cache, or made here */
+    tensor_t **tens = NULL;  /* the request's handles' tensors, by ordinal (references) */
+    tensor_t **bound = NULL; /* per primitive: the tensor an input node reads (from tens) */
+    uint64_t *ah = NULL;     /* the handle each assign names */
+    const graph_t *g = NULL;
+    uint32_t no = 0, nall = 0;
     tensor_t **res = NULL;
     uint64_t *handles = NULL;
     ref_view_t *vals = NULL;
-    plan_t *plan = NULL;
-    fuse_plan_t local = {0}; /* the interpreter's schedule, when there is no plan */
     uint32_t added = 0;
-    if (rc != 0)
+    bool bad_free;
+    const msgpack_object *frees = free_list(r, err, &bad_free);
+    int rc = bad_free ? -err->code : 0;
+    if (bad_free)
         goto out;
+
+    /* A request seen before (but for its handles) skips lowering and planning. */
+    if (prepcache_enabled()) {
+        pc_req_key(&q, proto_find(r->args, "nodes"), proto_find(r->args, "outputs"));
+        if (q.keyed && !(tens = pg_calloc_array(q.nh ? q.nh : 1, sizeof(*tens))))
+            q.keyed = false;
+        if (q.keyed && (e = prepcache_get(&q, r->sess, tens))) {
+            ah = pg_calloc_array(e->nas ? e->nas : 1, sizeof(uint64_t));
+            if (!ah) {
+                rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for %u assigns", e->nas);
+                goto out;
+            }
+            for (uint32_t j = 0; j < e->nas; j++)
+                ah[j] = q.handles[e->as[j].ord];
+        }
+    }
+    bool hit = e != NULL;
+    if (!hit && (rc = prepare_entry(r, q.keyed ? &q : NULL, tens, &e, &ah, err)) != 0)
+        goto out;
+    g = &e->g;
+    no = e->no;
+    nall = e->nall;
     run_lap(phase_ns, &phase, &mark); /* prepare */
     res = pg_calloc_array(nall ? nall : 1, sizeof(tensor_t *));
     handles = pg_calloc_array(no ? no : 1, sizeof(uint64_t));
     vals = pg_calloc_array(g->n ? (size_t)g->n : 1, sizeof(ref_view_t));
-    if (!res || !handles || !vals) {
+    bound = e->shared ? pg_calloc_array(g->n ? (size_t)g->n : 1, sizeof(tensor_t *)) : NULL;
+    if (!res || !handles || !vals || (e->shared && !bound)) {
         rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to run %d nodes", (int)g->n);
         goto out;
     }
+    if (bound)
+        for (uint32_t k = 0; k < e->nin; k++)
+            bound[e->in[k].node] = tens[e->in[k].ord];
 
     /* The schedule: a cached plan with compiled kernels, or one interpreter step per needed
-     * node (--jit off, no compiler, or a plan whose kernels did not compile). */
-    const fuse_plan_t *fp = NULL;
-    if (d->cfg.jit && jit_available()) {
-        bool built = false;
-        /* A run that assigns is a step that will repeat: every loop of it is compiled. */
-        plan = plan_get(g, p.out_id, nall, p.as.n > 0, &built, err);
-        if (!plan) {
-            rc = -err->code;
-            goto out;
+     * node (--jit off, no compiler, or a plan whose kernels did not compile). A prepared
+     * request kept both; a new one gets them now, and only then is cached (immutable). */
+    if (hit) {
+        if (e->plan)
+            plan_count_hit();
+    } else {
+        if (d->cfg.jit && jit_available()) {
+            bool built = false;
+            /* A run that assigns is a step that will repeat: every loop of it is compiled. */
+            e->plan = plan_get(g, e->out_id, nall, e->nas > 0, &built, err);
+            if (!e->plan) {
+                rc = -err->code;
+                goto out;
+            }
+            if (built)
+                log_plan(e->plan, g);
         }
-        if (built)
-            log_plan(plan, g);
-        if (plan->compiled)
-            fp = &plan->fp;
+        if (!(e->plan && e->plan->compiled)) {
+            if ((rc = fuse_graph(g, e->out_id, nall, false, false, &e->local, err)) != 0)
+                goto out;
+            e->has_local = true;
+        }
+        prepcache_put(e);
     }
-    if (!fp) {
-        if ((rc = fuse_graph(g, p.out_id, nall, false, false, &local, err)) != 0)
-            goto out;
-        fp = &local;
-    }
+    const plan_t *plan = e->plan && e->plan->compiled ? e->plan : NULL;
+    const fuse_plan_t *fp = plan ? &plan->fp : &e->local;
     run_lap(phase_ns, &phase, &mark); /* plan */
 
     /* Each step reads earlier steps' values; a value is released after its last reader, so the
@@ -405,6 +471,8 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         uint64_t t0 = profile ? uv_hrtime() : 0;
         if (st->kind == FUSE_STEP_KERNEL)
             rc = run_kernel(g, st, plan->kern[s].fn, vals, err);
+        else if (bound && bound[st->node])
+            rc = ref_eval_input(g, st->node, bound[st->node], vals, err);
         else
             rc = ref_eval(g, st->node, vals, err);
         if (profile) /* where a slow run spends its time: --log-level debug */
@@ -415,20 +483,20 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
             name_node(g, st->node, err);
             goto out;
         }
-        for (int32_t q = 0; q < st->nrelease; q++)
-            ref_view_release(&vals[st->release[q]]);
+        for (int32_t q2 = 0; q2 < st->nrelease; q2++)
+            ref_view_release(&vals[st->release[q2]]);
     }
     for (uint32_t k = 0; k < nall; k++)
-        if ((rc = ref_materialize(&vals[p.out_id[k]], &res[k], err)) != 0)
+        if ((rc = ref_materialize(&vals[e->out_id[k]], &res[k], err)) != 0)
             goto out;
     run_lap(phase_ns, &phase, &mark); /* execute */
 
     /* Commit: only now does the session change. The kept handles first (the only step that can
-     * fail, and it is undone below), then the assigns, which cannot fail: lowering found every
-     * assigned handle in this session, and nothing else touches the session meanwhile
-     * (session.h). */
+     * fail, and it is undone below), then the assigns, which cannot fail: lowering (or the
+     * prepared-run cache's check) found every assigned handle in this session, and nothing else
+     * touches the session meanwhile (session.h). */
     for (uint32_t k = 0; k < no; k++) {
-        if (!p.keep[k])
+        if (!e->keep[k])
             continue;
         if ((rc = sess_add(r->sess, tensor_ref(res[k]), &handles[k])) != 0) {
             rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for a new handle");
@@ -436,26 +504,26 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         }
         added = k + 1;
     }
-    for (uint32_t j = 0; j < p.as.n; j++)
-        if (!sess_get(r->sess, p.as.a[j].handle)) {
+    for (uint32_t j = 0; j < e->nas; j++)
+        if (!sess_get(r->sess, ah[j])) {
             rc = proto_fail(err, PG_EINTERNAL, "node %d (assign): handle %llu vanished",
-                            (int)p.as.a[j].wire, (unsigned long long)p.as.a[j].handle);
+                            (int)e->as[j].wire, (unsigned long long)ah[j]);
             goto out;
         }
-    for (uint32_t j = 0; j < p.as.n; j++)
-        sess_replace(r->sess, p.as.a[j].handle, tensor_ref(res[no + j]));
+    for (uint32_t j = 0; j < e->nas; j++)
+        sess_replace(r->sess, ah[j], tensor_ref(res[no + j]));
     proto_pack_reply_head(pk, 3, true, r->id, true);
     proto_pack_cstr(pk, "outputs");
     msgpack_pack_array(pk, no);
     for (uint32_t k = 0; k < no; k++)
-        pack_output(pk, res[k], p.keep[k], handles[k]);
+        pack_output(pk, res[k], e->keep[k], handles[k]);
     added = 0; /* the handles are the client's now */
 
 out:
     if (phase < STATS_RUN_PHASE_COUNT)
         run_lap(phase_ns, &phase, &mark); /* the phase an error cut short */
     for (uint32_t k = 0; k < added; k++)
-        if (p.keep[k])
+        if (e->keep[k])
             sess_remove(r->sess, handles[k]);
     if (vals)
         for (int32_t i = 0; i < g->n; i++)
@@ -463,12 +531,17 @@ out:
     if (res)
         for (uint32_t k = 0; k < nall; k++)
             tensor_unref(res[k]);
-    fuse_free(&local);
-    plan_release(plan);
+    if (tens)
+        for (uint32_t o = 0; o < q.nh; o++)
+            tensor_unref(tens[o]);
+    prepcache_release(e);
+    pg_free(bound);
+    pg_free(tens);
+    pg_free(ah);
     pg_free(vals);
     pg_free(handles);
     pg_free(res);
-    prep_free(&p);
+    pc_req_free(&q);
     /* Handles the client dropped, sent with the run instead of as `free` requests: released
      * whether or not the run succeeded, unknown ones ignored (as a `free` reply would be). */
     for (uint32_t k = 0; frees && k < frees->via.array.size; k++)

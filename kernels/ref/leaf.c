@@ -127,8 +127,10 @@ static void randn_chunk(void *arg, uint64_t begin, uint64_t end) {
     }
 }
 
-/* input, const: a contiguous view of the node's tensor, which keeps its own reference. */
-static int leaf_tensor(const graph_t *g, int32_t i, ref_view_t *out, proto_err_t *err) {
+/* input, const: a contiguous view of tensor t (the node's own, or the one a run binds to it),
+ * which keeps its own reference. */
+static int leaf_tensor(const graph_t *g, int32_t i, tensor_t *t, ref_view_t *out,
+                       proto_err_t *err) {
     const gnode_t *n = &g->nodes[i];
     out->dtype = n->dtype;
     out->rank = n->rank;
@@ -137,10 +139,19 @@ static int leaf_tensor(const graph_t *g, int32_t i, ref_view_t *out, proto_err_t
     ref__contiguous_strides(n->rank, n->shape, out->strides);
     if (n->numel == 0)
         return 0;
-    if (!n->tensor || n->tensor->numel != n->numel || n->tensor->dtype != n->dtype)
+    if (!t || t->numel != n->numel || t->dtype != n->dtype)
         return ref__bad_node(g, i, "tensor does not match the node", err);
-    out->t = tensor_ref(n->tensor);
+    out->t = tensor_ref(t);
     return 0;
+}
+
+int ref_eval_input(const graph_t *g, int32_t i, tensor_t *t, ref_view_t *vals,
+                   proto_err_t *err) {
+    const gnode_t *n = &g->nodes[i];
+    memset(&vals[i], 0, sizeof(vals[i]));
+    if (n->op != PRIM_input || n->rank < 0 || n->rank > PROTO_MAX_RANK)
+        return ref__bad_node(g, i, "a bound tensor for a node that is not an input", err);
+    return leaf_tensor(g, i, t, &vals[i], err);
 }
 
 int ref__leaf(const graph_t *g, int32_t i, const ref_view_t *vals, ref_view_t *out,
@@ -148,7 +159,7 @@ int ref__leaf(const graph_t *g, int32_t i, const ref_view_t *vals, ref_view_t *o
     const gnode_t *n = &g->nodes[i];
     const gattr_t *a = &n->a;
     if (n->op == PRIM_input || n->op == PRIM_const)
-        return leaf_tensor(g, i, out, err);
+        return leaf_tensor(g, i, n->tensor, out, err);
     if ((n->op == PRIM_rand || n->op == PRIM_randn) && !ref__is_float(n->dtype))
         return ref__bad_node(g, i, "random values need a float dtype", err);
 

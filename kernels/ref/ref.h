@@ -34,6 +34,12 @@ void ref_set_threads(int n);
  */
 int ref_eval(const graph_t *g, int32_t i, ref_view_t *vals, proto_err_t *err);
 
+/* Evaluates input node i of g into vals[i] as a view of t (borrowed; the view takes its own
+ * reference) instead of the node's own tensor: a prepared graph that several runs share holds
+ * none (server/prepcache.h), and each run binds its session's tensors. t must have the node's
+ * dtype and element count. Returns 0, or PG_EINTERNAL naming node i. */
+int ref_eval_input(const graph_t *g, int32_t i, tensor_t *t, ref_view_t *vals, proto_err_t *err);
+
 /* Makes a contiguous, zero-offset tensor with v's shape, dtype and elements (a new reference in
  * *out). When v is exactly its tensor (contiguous, offset 0, same rank, shape and dtype), that
  * tensor is returned with a new reference; otherwise the elements are copied, so the tensor's
