@@ -125,6 +125,68 @@ static const void *operand_ptr(mm_operand_t *o, const ref_view_t *v, int64_t off
     return o->scratch;
 }
 
+/* One matrix product split into row blocks, one per thread of the daemon's own pool (OpenBLAS
+ * runs single-threaded: ref_set_threads), so that BLAS's threads and the compute pool never
+ * fight over the cores. Each block packs B again, so there are no more blocks than threads. An
+ * element's sum runs over k in the same order whatever rows its block has (BLAS blocks k the
+ * same way for any M), so the split does not change results. */
+#define MM_ROW_MIN 64     /* rows per block at least (a multiple of BLAS's register tiles) */
+
+typedef struct {
+    bool f32;
+    enum CBLAS_TRANSPOSE ta, tb;
+    int64_t m, n, k, rows;        /* rows per block */
+    const uint8_t *pa, *pb;
+    int64_t lda, ldb, arow;       /* arow: elements from one row of op(A) to the next */
+    uint8_t *pc;
+    size_t size;
+} mm_rows_t;
+
+static void gemm_rows(void *arg, uint64_t begin, uint64_t end) {
+    const mm_rows_t *c = arg;
+    for (uint64_t blk = begin; blk < end; blk++) {
+        int64_t r0 = (int64_t)blk * c->rows, m = c->m - r0 < c->rows ? c->m - r0 : c->rows;
+        const uint8_t *a = c->pa + (size_t)(r0 * c->arow) * c->size;
+        uint8_t *out = c->pc + (size_t)(r0 * c->n) * c->size;
+        if (c->f32)
+            cblas_sgemm(CblasRowMajor, c->ta, c->tb, (blasint)m, (blasint)c->n, (blasint)c->k,
+                        1.0f, (const float *)a, (blasint)c->lda, (const float *)c->pb,
+                        (blasint)c->ldb, 0.0f, (float *)out, (blasint)c->n);
+        else
+            cblas_dgemm(CblasRowMajor, c->ta, c->tb, (blasint)m, (blasint)c->n, (blasint)c->k,
+                        1.0, (const double *)a, (blasint)c->lda, (const double *)c->pb,
+                        (blasint)c->ldb, 0.0, (double *)out, (blasint)c->n);
+    }
+}
+
+typedef struct {
+    const mm_ctx_t *c;
+    const mm_operand_t *oa, *ob; /* both direct */
+    size_t size;
+} mm_batch_t;
+
+static void gemm_batches(void *arg, uint64_t begin, uint64_t end) {
+    const mm_batch_t *mb = arg;
+    const mm_ctx_t *c = mb->c;
+    ref__iter_t it;
+    batch_iter(c, &it);
+    ref__iter_seek(&it, begin);
+    for (uint64_t bi = begin; bi < end; bi++, ref__iter_next(&it)) {
+        mm_rows_t mr = {c->a->dtype == PG_FLOAT32,
+                        mb->oa->trans ? CblasTrans : CblasNoTrans,
+                        mb->ob->trans ? CblasTrans : CblasNoTrans,
+                        c->m, c->n, c->k, c->m,
+                        c->a->t->data + it.off[0] * (int64_t)mb->size,
+                        c->b->t->data + it.off[1] * (int64_t)mb->size,
+                        mb->oa->ld, mb->ob->ld, 0,
+                        c->out->t->data + bi * (uint64_t)(c->m * c->n) * mb->size, mb->size};
+        gemm_rows(&mr, 0, 1);
+    }
+}
+
+/* BLAS runs on one thread: the compute pool is what splits products (gemm_rows). */
+void ref__matmul_init(void) { openblas_set_num_threads(1); }
+
 /* Runs one gemm per batch. Returns 0 or -PG_EOUT_OF_MEMORY (scratch). */
 static int blas_batches(const graph_t *g, int32_t i, mm_ctx_t *c, proto_err_t *err) {
     const ref_view_t *a = c->a, *b = c->b;
@@ -147,6 +209,12 @@ static int blas_batches(const graph_t *g, int32_t i, mm_ctx_t *c, proto_err_t *e
         }
     }
     uint64_t batches = c->out->t->numel / (uint64_t)(c->m * c->n);
+    if (batches > 1 && oa.direct && ob.direct && c->m < 2 * MM_ROW_MIN) {
+        /* Many small products: the batches are the units the threads share. */
+        mm_batch_t mb = {c, &oa, &ob, size};
+        ref__parallel_for(batches, (uint64_t)(c->m * c->n * c->k), gemm_batches, &mb);
+        goto out_free_scratch;
+    }
     ref__iter_t it;
     batch_iter(c, &it);
     for (uint64_t bi = 0; bi < batches; bi++, ref__iter_next(&it)) {
@@ -155,6 +223,16 @@ static int blas_batches(const graph_t *g, int32_t i, mm_ctx_t *c, proto_err_t *e
         uint8_t *pc = c->out->t->data + bi * (uint64_t)(c->m * c->n) * size;
         enum CBLAS_TRANSPOSE ta = oa.trans ? CblasTrans : CblasNoTrans;
         enum CBLAS_TRANSPOSE tb = ob.trans ? CblasTrans : CblasNoTrans;
+        int64_t blocks = c->m / MM_ROW_MIN < ref__threads() ? c->m / MM_ROW_MIN : ref__threads();
+        if (blocks > 1) {
+            int64_t rows = (c->m + blocks - 1) / blocks;
+            rows = (rows + 15) / 16 * 16;
+            mm_rows_t mr = {a->dtype == PG_FLOAT32, ta, tb, c->m, c->n, c->k, rows, pa, pb,
+                            oa.ld, ob.ld, oa.trans ? 1 : oa.ld, pc, size};
+            uint64_t nblk = (uint64_t)((c->m + rows - 1) / rows);
+            ref__parallel_for(nblk, (uint64_t)(rows * c->n * c->k), gemm_rows, &mr);
+            continue;
+        }
         if (a->dtype == PG_FLOAT32)
             cblas_sgemm(CblasRowMajor, ta, tb, (blasint)c->m, (blasint)c->n, (blasint)c->k, 1.0f,
                         pa, (blasint)oa.ld, pb, (blasint)ob.ld, 0.0f, (float *)pc, (blasint)c->n);

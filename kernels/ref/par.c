@@ -16,6 +16,8 @@
 #include <stdatomic.h>
 #include <time.h>
 
+static atomic_int pool_threads = 1; /* the caller and its workers, for ref__threads */
+
 #define CHUNKS_PER_THREAD 4 /* smaller chunks than threads even out uneven rows */
 
 static struct {
@@ -138,6 +140,7 @@ void ref_set_threads(int n) {
         n = 1;
     if (n > REF_MAX_THREADS)
         n = REF_MAX_THREADS;
+    ref__matmul_init();
     pthread_mutex_lock(&pool.busy);
     stop_workers();
     /* A worker that cannot be started only makes loops slower, so it is not an error. */
@@ -146,8 +149,11 @@ void ref_set_threads(int n) {
             break;
         pool.nworkers++;
     }
+    atomic_store(&pool_threads, 1 + pool.nworkers);
     pthread_mutex_unlock(&pool.busy);
 }
+
+int ref__threads(void) { return atomic_load(&pool_threads); }
 
 void ref__parallel_for(uint64_t n, uint64_t cost, ref__chunk_fn fn, void *ctx) {
     if (n == 0)

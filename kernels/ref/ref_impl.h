@@ -195,6 +195,10 @@ typedef void (*ref__chunk_fn)(void *ctx, uint64_t begin, uint64_t end);
  * outputs per item, which is what makes the result independent of the split.
  */
 void ref__parallel_for(uint64_t n, uint64_t cost, ref__chunk_fn fn, void *ctx);
+/* Threads that ref__parallel_for may use (the caller's included). */
+int ref__threads(void);
+/* Makes BLAS single-threaded: products are split over the pool's threads instead (matmul.c). */
+void ref__matmul_init(void);
 
 /* ---------------------------------------------------------------------------------------------
  * Kernels, one per primitive kind. Each evaluates node i of g into *out (zeroed by the caller)
