@@ -125,19 +125,24 @@ static const void *operand_ptr(mm_operand_t *o, const ref_view_t *v, int64_t off
     return o->scratch;
 }
 
-/* One matrix product split into row blocks, one per thread of the daemon's own pool (OpenBLAS
- * runs single-threaded: ref_set_threads), so that BLAS's threads and the compute pool never
- * fight over the cores. Each block packs B again, so there are no more blocks than threads. An
- * element's sum runs over k in the same order whatever rows its block has (BLAS blocks k the
- * same way for any M), so the split does not change results. */
+/* One matrix product split into blocks of rows (or of columns, when C is wider than tall), one
+ * per thread of the daemon's own pool (OpenBLAS runs single-threaded: ref_set_threads), so that
+ * BLAS's threads and the compute pool never fight over the cores. Each block packs the other
+ * operand again, so there are no more blocks than threads. An element's sum runs over k in the
+ * same order whatever block it is in (BLAS blocks k the same way for any M and N), so the split
+ * does not change results. */
 #define MM_ROW_MIN 64     /* rows per block at least (a multiple of BLAS's register tiles) */
 
 typedef struct {
     bool f32;
     enum CBLAS_TRANSPOSE ta, tb;
-    int64_t m, n, k, rows;        /* rows per block */
+    int64_t m, n, k;
+    bool cols;                    /* blocks of columns of C (else of rows) */
+    int64_t per;                  /* rows or columns per block */
     const uint8_t *pa, *pb;
-    int64_t lda, ldb, arow;       /* arow: elements from one row of op(A) to the next */
+    int64_t lda, ldb;
+    int64_t step;                 /* elements from one row of op(A) (or column of op(B)) to the
+                                   * next */
     uint8_t *pc;
     size_t size;
 } mm_rows_t;
@@ -145,16 +150,19 @@ typedef struct {
 static void gemm_rows(void *arg, uint64_t begin, uint64_t end) {
     const mm_rows_t *c = arg;
     for (uint64_t blk = begin; blk < end; blk++) {
-        int64_t r0 = (int64_t)blk * c->rows, m = c->m - r0 < c->rows ? c->m - r0 : c->rows;
-        const uint8_t *a = c->pa + (size_t)(r0 * c->arow) * c->size;
-        uint8_t *out = c->pc + (size_t)(r0 * c->n) * c->size;
+        int64_t total = c->cols ? c->n : c->m, i0 = (int64_t)blk * c->per;
+        int64_t len = total - i0 < c->per ? total - i0 : c->per;
+        int64_t m = c->cols ? c->m : len, n = c->cols ? len : c->n;
+        const uint8_t *a = c->pa + (c->cols ? 0 : (size_t)(i0 * c->step) * c->size);
+        const uint8_t *b = c->pb + (c->cols ? (size_t)(i0 * c->step) * c->size : 0);
+        uint8_t *out = c->pc + (size_t)(c->cols ? i0 : i0 * c->n) * c->size;
         if (c->f32)
-            cblas_sgemm(CblasRowMajor, c->ta, c->tb, (blasint)m, (blasint)c->n, (blasint)c->k,
-                        1.0f, (const float *)a, (blasint)c->lda, (const float *)c->pb,
+            cblas_sgemm(CblasRowMajor, c->ta, c->tb, (blasint)m, (blasint)n, (blasint)c->k,
+                        1.0f, (const float *)a, (blasint)c->lda, (const float *)b,
                         (blasint)c->ldb, 0.0f, (float *)out, (blasint)c->n);
         else
-            cblas_dgemm(CblasRowMajor, c->ta, c->tb, (blasint)m, (blasint)c->n, (blasint)c->k,
-                        1.0, (const double *)a, (blasint)c->lda, (const double *)c->pb,
+            cblas_dgemm(CblasRowMajor, c->ta, c->tb, (blasint)m, (blasint)n, (blasint)c->k,
+                        1.0, (const double *)a, (blasint)c->lda, (const double *)b,
                         (blasint)c->ldb, 0.0, (double *)out, (blasint)c->n);
     }
 }
@@ -175,7 +183,7 @@ static void gemm_batches(void *arg, uint64_t begin, uint64_t end) {
         mm_rows_t mr = {c->a->dtype == PG_FLOAT32,
                         mb->oa->trans ? CblasTrans : CblasNoTrans,
                         mb->ob->trans ? CblasTrans : CblasNoTrans,
-                        c->m, c->n, c->k, c->m,
+                        c->m, c->n, c->k, false, c->m,
                         c->a->t->data + it.off[0] * (int64_t)mb->size,
                         c->b->t->data + it.off[1] * (int64_t)mb->size,
                         mb->oa->ld, mb->ob->ld, 0,
@@ -223,14 +231,19 @@ static int blas_batches(const graph_t *g, int32_t i, mm_ctx_t *c, proto_err_t *e
         uint8_t *pc = c->out->t->data + bi * (uint64_t)(c->m * c->n) * size;
         enum CBLAS_TRANSPOSE ta = oa.trans ? CblasTrans : CblasNoTrans;
         enum CBLAS_TRANSPOSE tb = ob.trans ? CblasTrans : CblasNoTrans;
-        int64_t blocks = c->m / MM_ROW_MIN < ref__threads() ? c->m / MM_ROW_MIN : ref__threads();
+        /* Blocks of the longer side of C: rows of op(A), or columns of op(B). */
+        bool cols = c->n > c->m;
+        int64_t total = cols ? c->n : c->m;
+        int64_t blocks = total / MM_ROW_MIN < ref__threads() ? total / MM_ROW_MIN : ref__threads();
         if (blocks > 1) {
-            int64_t rows = (c->m + blocks - 1) / blocks;
-            rows = (rows + 15) / 16 * 16;
-            mm_rows_t mr = {a->dtype == PG_FLOAT32, ta, tb, c->m, c->n, c->k, rows, pa, pb,
-                            oa.ld, ob.ld, oa.trans ? 1 : oa.ld, pc, size};
-            uint64_t nblk = (uint64_t)((c->m + rows - 1) / rows);
-            ref__parallel_for(nblk, (uint64_t)(rows * c->n * c->k), gemm_rows, &mr);
+            int64_t per = (total + blocks - 1) / blocks;
+            per = (per + 15) / 16 * 16;
+            int64_t step = cols ? (ob.trans ? ob.ld : 1) : (oa.trans ? 1 : oa.ld);
+            mm_rows_t mr = {a->dtype == PG_FLOAT32, ta, tb, c->m, c->n, c->k, cols, per, pa, pb,
+                            oa.ld, ob.ld, step, pc, size};
+            uint64_t nblk = (uint64_t)((total + per - 1) / per);
+            ref__parallel_for(nblk, (uint64_t)(per * (cols ? c->m : c->n) * c->k), gemm_rows,
+                              &mr);
             continue;
         }
         if (a->dtype == PG_FLOAT32)
