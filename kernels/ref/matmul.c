@@ -132,6 +132,8 @@ static const void *operand_ptr(mm_operand_t *o, const ref_view_t *v, int64_t off
  * same order whatever block it is in (BLAS blocks k the same way for any M and N), so the split
  * does not change results. */
 #define MM_ROW_MIN 64     /* rows per block at least (a multiple of BLAS's register tiles) */
+#define MM_SPLIT_MIN (1 << 22) /* multiply-adds below which one thread does it all: waking
+                                * another costs more than it saves */
 
 typedef struct {
     bool f32;
@@ -235,7 +237,7 @@ static int blas_batches(const graph_t *g, int32_t i, mm_ctx_t *c, proto_err_t *e
         bool cols = c->n > c->m;
         int64_t total = cols ? c->n : c->m;
         int64_t blocks = total / MM_ROW_MIN < ref__threads() ? total / MM_ROW_MIN : ref__threads();
-        if (blocks > 1) {
+        if (blocks > 1 && c->m * c->n * c->k >= MM_SPLIT_MIN) {
             int64_t per = (total + blocks - 1) / blocks;
             per = (per + 15) / 16 * 16;
             int64_t step = cols ? (ob.trans ? ob.ld : 1) : (oa.trans ? 1 : oa.ld);
