@@ -151,3 +151,28 @@ def test_autograd_grad_and_backward_agree(conn):
     (g,) = pg.autograd.grad(loss, w)
     loss.backward()
     np.testing.assert_allclose(w.grad.numpy(), g.numpy(), rtol=1e-6)
+
+
+def test_creation_functions_take_requires_grad(conn):
+    torch = pytest.importorskip("torch")
+    w = pg.randn(3, 4, requires_grad=True)
+    b = pg.zeros(4, requires_grad=True)
+    s = pg.full((1,), 0.5, requires_grad=True)
+    assert w.requires_grad and w.is_leaf and b.requires_grad and s.requires_grad
+    x = np.random.default_rng(7).standard_normal((5, 3)).astype(np.float32)
+    ((pg.tensor(x) @ w + b).relu() * s).square().mean().backward()
+    tw = torch.tensor(w.detach().numpy(), requires_grad=True)
+    tb = torch.zeros(4, requires_grad=True)
+    ts = torch.full((1,), 0.5, requires_grad=True)
+    ((torch.tensor(x) @ tw + tb).relu() * ts).square().mean().backward()
+    for got, want in ((w, tw), (b, tb), (s, ts)):
+        np.testing.assert_allclose(got.grad.numpy(), want.grad.numpy(), rtol=1e-5, atol=1e-6)
+    a = pg.arange(5.0, requires_grad=True)
+    (a * a).sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), 2 * np.arange(5.0, dtype=np.float32))
+    with pytest.raises(RuntimeError, match="floating point"):
+        pg.zeros(3, dtype=pg.int64, requires_grad=True)
+    assert not pg.ones(2, device="cpu").requires_grad
+    with pytest.raises(pg.PicogradError) as e:
+        pg.zeros(2, device="cuda:0")
+    assert e.value.code == "no_device"

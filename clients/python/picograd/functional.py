@@ -24,6 +24,7 @@ import threading
 
 from . import dtypes, shapes
 from .dtypes import as_dtype
+from .wire import PicogradError
 from .tensor import (Tensor, _binary, _node, _operand, _scalar_value, as_tensor, flush,
                      from_numpy, matmul, realize, tensor, where)
 
@@ -66,50 +67,63 @@ def _fill(value, dtype):
     return builtins.int(value)
 
 
-def full(size, fill_value, dtype=None):
+def _made(t, requires_grad, device):
+    """The creation functions' common keywords: ``requires_grad`` makes the new tensor a leaf
+    that backward() fills (floats only); ``device`` may only be the CPU for now."""
+    if device is not None and str(device) != "cpu":
+        raise PicogradError("no_device", f"device {device!r}: this client only knows 'cpu'")
+    return t.requires_grad_() if requires_grad else t
+
+
+def full(size, fill_value, dtype=None, *, requires_grad=False, device=None):
     """A tensor of shape ``size`` filled with ``fill_value``; the dtype defaults to the value's
     (float -> float32, int -> int64, bool -> bool)."""
     shape = shapes.check_shape("full", size)
     dtype = as_dtype(dtype) if dtype is not None else shapes.scalar_type(
         _scalar_value(fill_value))
     attrs = {"shape": list(shape), "value": _fill(fill_value, dtype), "dtype": dtype.name}
-    return _node("full", [], attrs, shape, dtype)
+    return _made(_node("full", [], attrs, shape, dtype), requires_grad, device)
 
 
-def zeros(*size, dtype=None):
-    return full(_size(size), 0, dtype=dtype if dtype is not None else dtypes.float32)
+def zeros(*size, dtype=None, requires_grad=False, device=None):
+    return full(_size(size), 0, dtype=dtype if dtype is not None else dtypes.float32,
+                requires_grad=requires_grad, device=device)
 
 
-def ones(*size, dtype=None):
-    return full(_size(size), 1, dtype=dtype if dtype is not None else dtypes.float32)
+def ones(*size, dtype=None, requires_grad=False, device=None):
+    return full(_size(size), 1, dtype=dtype if dtype is not None else dtypes.float32,
+                requires_grad=requires_grad, device=device)
 
 
 empty = zeros  # there is no uninitialized memory to hand out; zeros is as cheap
 
 
-def zeros_like(input, dtype=None):
-    return zeros(input.shape, dtype=dtype if dtype is not None else input.dtype)
+def zeros_like(input, dtype=None, requires_grad=False, device=None):
+    return zeros(input.shape, dtype=dtype if dtype is not None else input.dtype,
+                 requires_grad=requires_grad, device=device)
 
 
-def ones_like(input, dtype=None):
-    return ones(input.shape, dtype=dtype if dtype is not None else input.dtype)
+def ones_like(input, dtype=None, requires_grad=False, device=None):
+    return ones(input.shape, dtype=dtype if dtype is not None else input.dtype,
+                requires_grad=requires_grad, device=device)
 
 
 empty_like = zeros_like
 
 
-def full_like(input, fill_value, dtype=None):
-    return full(input.shape, fill_value, dtype=dtype if dtype is not None else input.dtype)
+def full_like(input, fill_value, dtype=None, requires_grad=False, device=None):
+    return full(input.shape, fill_value, dtype=dtype if dtype is not None else input.dtype,
+                requires_grad=requires_grad, device=device)
 
 
-def eye(n, m=None, dtype=None):
+def eye(n, m=None, dtype=None, requires_grad=False, device=None):
     """The n x m identity matrix (built from two aranges and a comparison)."""
     m = n if m is None else m
     out = arange(n).unsqueeze(1) == arange(m).unsqueeze(0)
-    return out.to(dtype if dtype is not None else dtypes.float32)
+    return _made(out.to(dtype if dtype is not None else dtypes.float32), requires_grad, device)
 
 
-def arange(start, end=None, step=1, dtype=None):
+def arange(start, end=None, step=1, dtype=None, requires_grad=False, device=None):
     """Values from ``start`` (default 0) up to but excluding ``end``, ``step`` apart; int64 when
     all three are ints, else float32 (torch.arange)."""
     if end is None:
@@ -127,7 +141,7 @@ def arange(start, end=None, step=1, dtype=None):
     dtype = as_dtype(dtype) if dtype is not None else (
         dtypes.int64 if all_int else dtypes.float32)
     attrs = {"start": start, "end": end, "step": step, "dtype": dtype.name}
-    return _node("arange", [], attrs, (builtins.max(n, 0),), dtype)
+    return _made(_node("arange", [], attrs, (builtins.max(n, 0),), dtype), requires_grad, device)
 
 
 # The module generator. torch starts from a fixed seed too, so a fresh process is repeatable.
@@ -160,22 +174,24 @@ def _random(op, size, dtype):
     return _node(op, [], attrs, shape, dtype)
 
 
-def rand(*size, dtype=None):
+def rand(*size, dtype=None, requires_grad=False, device=None):
     """Uniform samples in [0, 1)."""
-    return _random("rand", _size(size), dtype)
+    return _made(_random("rand", _size(size), dtype), requires_grad, device)
 
 
-def randn(*size, dtype=None):
+def randn(*size, dtype=None, requires_grad=False, device=None):
     """Standard normal samples."""
-    return _random("randn", _size(size), dtype)
+    return _made(_random("randn", _size(size), dtype), requires_grad, device)
 
 
-def rand_like(input, dtype=None):
-    return _random("rand", input.shape, dtype if dtype is not None else input.dtype)
+def rand_like(input, dtype=None, requires_grad=False, device=None):
+    return _made(_random("rand", input.shape, dtype if dtype is not None else input.dtype),
+                 requires_grad, device)
 
 
-def randn_like(input, dtype=None):
-    return _random("randn", input.shape, dtype if dtype is not None else input.dtype)
+def randn_like(input, dtype=None, requires_grad=False, device=None):
+    return _made(_random("randn", input.shape, dtype if dtype is not None else input.dtype),
+                 requires_grad, device)
 
 
 def randint(low, high=None, size=None, dtype=None):
