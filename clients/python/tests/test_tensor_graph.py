@@ -682,7 +682,7 @@ def test_many_frees_go_in_batches(conn):
     gc.collect()
     conn.requests.clear()
     pg.flush()  # any other request: `free`s pipelined in batches in front of it
-    assert conn.ops().count("free") == 100 and conn.ops()[-1] == "ping"
+    assert conn.ops().count("free") >= 100 and conn.ops()[-1] == "ping"
 
 
 def test_frees_of_an_old_session_are_dropped(conn):
