@@ -269,3 +269,58 @@ def test_error_codes_are_documented():
     assert "no_device" in codes
     assert codes == table
     assert codes == set(pg.wire.DAEMON_CODES)
+
+
+# ---------------------------------------------------------------------------------------------
+# A machine "with GPUs": the stand-in driver build/fake-cuda/libcuda.so.1 lists two devices
+# ---------------------------------------------------------------------------------------------
+
+FAKE_DRIVER_DIR = (__import__("conftest").DAEMON_BIN.parent.parent / "fake-cuda")
+
+
+@pytest.fixture
+def fake_gpu_daemon(daemon_factory, monkeypatch):
+    if not (FAKE_DRIVER_DIR / "libcuda.so.1").exists():
+        pytest.skip("built without CUDA (no fake-cuda/libcuda.so.1 beside the daemon)")
+    old = __import__("os").environ.get("LD_LIBRARY_PATH")
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(FAKE_DRIVER_DIR) + (":" + old if old else ""))
+    return daemon_factory()
+
+
+def test_fake_driver_lists_gpus_and_still_refuses_them(fake_gpu_daemon):
+    c = pg.connect(fake_gpu_daemon.unix_url, timeout=60)
+    try:
+        log = fake_gpu_daemon.log()
+        assert "cuda:0: Fake GPU 0" in log and "compute capability 9.0" in log
+        devs = c.server_info["devices"]
+        assert [d["name"] for d in devs] == ["cpu", "cuda:0", "cuda:1"]
+        d0, d1 = devs[1], devs[2]
+        assert d0["model"].startswith("Fake GPU 0") and d1["model"].startswith("Fake GPU 1")
+        assert (d0["memory"], d1["memory"]) == (40 << 30, 80 << 30)
+        assert (d0["compute_capability"], d1["compute_capability"]) == ([8, 0], [9, 0])
+        assert d0["ready"] is False and d1["ready"] is False
+        assert [d["name"] for d in pg.cuda.devices()] == ["cuda:0", "cuda:1"]
+        assert pg.cuda.get_device_name(1).startswith("Fake GPU 1")
+        assert pg.cuda.get_device_capability("cuda:0") == (8, 0)
+        assert pg.cuda.is_available() is False and pg.cuda.device_count() == 0
+
+        # Present devices: refused, because the runtime is not implemented (said plainly).
+        for dev in ("cuda", "cuda:0", "cuda:1"):
+            with pytest.raises(PicogradError) as ei:
+                c.call("run", nodes=FULL, outputs=OUT, device=dev)
+            assert_no_device(ei.value, dev)
+            if "cuda: 2 device(s); NVRTC" in log:  # everything loaded: only the runtime lacks
+                assert "is present, but this daemon's CUDA runtime is not implemented yet" \
+                    in ei.value.message
+            else:  # NVRTC or cuBLAS missing: the message says which
+                assert "is not available: " in ei.value.message
+        # Devices past the last: do not exist.
+        with pytest.raises(PicogradError) as ei:
+            c.call("put", dtype="float32", shape=[1], data=f32([1]), device="cuda:7")
+        assert ei.value.message == "device 'cuda:7' does not exist: this daemon has 2 CUDA devices"
+        with pytest.raises(PicogradError) as ei:
+            pg.zeros(2, device="cuda:0")
+        assert ei.value.code == "no_device"
+        assert_serving(c)
+    finally:
+        c.close()
