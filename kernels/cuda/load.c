@@ -31,7 +31,7 @@ static char why[200] = "CUDA is not loaded";      /* cuda_unavailable_reason() *
 /* Opens the first of names that loads (NULL-terminated list); NULL when none does. */
 static void *open_first(const char *const *names, const char **which) {
     for (; *names; names++) {
-        void *h = dlopen(*names, RTLD_NOW | RTLD_LOCAL);
+        void *h = dlopen(*names, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
         if (h) {
             *which = *names;
             return h;

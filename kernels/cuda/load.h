@@ -10,6 +10,12 @@
  * only; cuda_unavailable_reason() keeps the reason for the `no_device` replies.
  *
  * The driver is tried first: on a machine without a GPU driver nothing else is opened.
+ *
+ * Every library is opened with RTLD_NODELETE: cuda_unload() dlcloses each handle, but the code
+ * stays mapped. These libraries (and the libstdc++ they bring) keep allocations in their globals
+ * and are not written to have their destructors run and be loaded again; unmapping them would
+ * turn those allocations into LeakSanitizer reports and risk a crash at exit. PyTorch never
+ * unloads them either.
  */
 #ifndef PG_CUDA_LOAD_H
 #define PG_CUDA_LOAD_H

@@ -32,7 +32,7 @@ static void *nv_open(void) {
         "libnvrtc.so.13", "libnvrtc.so", PG_CUDA_TOOLKIT_LIB "/libnvrtc.so.13",
         "/usr/local/cuda/lib64/libnvrtc.so.13"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+        void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
         if (h) {
             nv_libname = strrchr(names[i], '/') ? strrchr(names[i], '/') + 1 : names[i];
             return h;
