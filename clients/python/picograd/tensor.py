@@ -1974,7 +1974,7 @@ def tensor(data, dtype=None, requires_grad=False, conn=None, device=None):
     if len(_state(conn).dead) > _FLUSH_AT:
         flush(conn)
     # The daemon refuses a device it does not have (no_device); the CPU is its default.
-    handle = conn.put(arr, device=None if dev == CPU else str(dev))
+    handle = conn.put(arr) if dev == CPU else conn.put(arr, device=str(dev))
     out = Tensor._make(None, (), None, arr.shape, dt, conn, _Buffer(conn, handle))
     out._dev = None if dev == CPU else str(dev)
     return out.requires_grad_() if requires_grad else out
