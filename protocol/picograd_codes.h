@@ -8,7 +8,8 @@
 #ifndef PICOGRAD_CODES_H
 #define PICOGRAD_CODES_H
 
-/* XX(ENUM, wire string, default message). Order is internal only: the wire carries the string. */
+/* XX(ENUM, wire string, default message). The wire carries the string; new codes go at the end so
+ * that the C client's enum values stay what applications were compiled with. */
 #define PG_ERROR_MAP(XX)                                                                           \
     XX(OK, "ok", "success")                                                                        \
     XX(BAD_FRAME, "bad_frame", "the frame is not one well-formed msgpack map")                    \
@@ -21,7 +22,8 @@
     XX(OUT_OF_MEMORY, "out_of_memory", "the memory budget cannot hold the request")               \
     XX(VERSION_MISMATCH, "version_mismatch", "the protocol version is not supported")            \
     XX(INTERNAL, "internal", "internal error")                                                    \
-    XX(DISCONNECTED, "disconnected", "the connection to the daemon was lost")
+    XX(DISCONNECTED, "disconnected", "the connection to the daemon was lost")                    \
+    XX(NO_DEVICE, "no_device", "the device is not available in this daemon")
 
 /* Error codes. Functions return 0 or -PG_E<code>; PG_EDISCONNECTED is produced by clients only. */
 typedef enum {

@@ -11,6 +11,7 @@
 #include "../kernels/cpu/jit.h"
 #include "../kernels/ref/ref.h"
 #include "daemon.h"
+#include "device.h"
 #include "passes/fuse.h"
 #include "log.h"
 #include "mem.h"
@@ -327,6 +328,7 @@ int main(int argc, char **argv) {
     d->start_ns = uv_hrtime();
 
     ref_set_threads(d->cfg.threads);
+    dev_init(); /* the CUDA backend, when built: a machine without a GPU serves the CPU only */
     prepcache_init(d->cfg.prepared_cache);
     if (d->cfg.jit) {
         if (!d->cfg.cache_dir) {
@@ -371,6 +373,7 @@ out_loop:
     plan_cache_shutdown();
     if (d->cfg.jit)
         jit_shutdown();
+    dev_shutdown();
     if (uv_loop_close(&loop) != 0)
         log_warn("event loop closed with live handles");
     mem_data_trim();

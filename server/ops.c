@@ -8,6 +8,7 @@
  */
 #include "../kernels/cpu/jit.h"
 #include "daemon.h"
+#include "device.h"
 #include "mem.h"
 #include "passes/lower.h"
 #include "plan.h"
@@ -85,8 +86,8 @@ int ops_hello(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     key(pk, "session");
     msgpack_pack_uint64(pk, r->sess->id);
 
-    key(pk, "devices");
-    msgpack_pack_array(pk, 1);
+    key(pk, "devices"); /* the CPU, then each CUDA device the driver lists (device.c) */
+    msgpack_pack_array(pk, 1 + (uint32_t)dev_cuda_count());
     msgpack_pack_map(pk, 5);
     key(pk, "name");
     proto_pack_cstr(pk, "cpu");
@@ -101,6 +102,8 @@ int ops_hello(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         msgpack_pack_true(pk);
     else
         msgpack_pack_false(pk);
+    for (int i = 0; i < dev_cuda_count(); i++)
+        dev_pack_cuda(pk, i);
 
     key(pk, "ops");
     msgpack_pack_array(pk, OPS_COUNT);
@@ -235,8 +238,10 @@ int ops_put(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     uint64_t numel, nbytes;
     const uint8_t *data;
     size_t len;
+    dev_id_t dev;
     int rc;
-    if ((rc = proto_get_dtype(r->args, "dtype", &dtype, err)) ||
+    if ((rc = dev_from_request(r->args, &dev, err)) || /* only the CPU holds tensors today */
+        (rc = proto_get_dtype(r->args, "dtype", &dtype, err)) ||
         (rc = proto_get_shape(r->args, "shape", proto_dtype_size(dtype), dims, &rank, &numel,
                               &nbytes, err)) ||
         (rc = proto_get_bin(r->args, "data", &data, &len, err)))

@@ -38,6 +38,7 @@
 #include "../kernels/ref/ref.h"
 #include "../kernels/ref/ref_impl.h"
 #include "daemon.h"
+#include "device.h"
 #include "graph/graph.h"
 #include "log.h"
 #include "mem.h"
@@ -395,6 +396,11 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     int rc = bad_free ? -err->code : 0;
     if (bad_free)
         goto out;
+    /* Where the run executes: only the CPU today (device.c refuses the rest with no_device).
+     * A device other than the CPU will have to be part of the prepared and plan cache keys. */
+    dev_id_t dev;
+    if ((rc = dev_from_request(r->args, &dev, err)) != 0)
+        goto out;
 
     /* A request seen before (but for its handles) skips lowering and planning. */
     if (prepcache_enabled()) {
@@ -599,7 +605,13 @@ int ops_explain(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     prep_t p;
     plan_t *plan = NULL;
     char *text = NULL, *full = NULL;
-    int rc = prepare(r, &p, err);
+    dev_id_t dev;
+    int rc = dev_from_request(r->args, &dev, err);
+    if (rc != 0) {
+        memset(&p, 0, sizeof(p)); /* prep_free below must see an empty graph */
+        goto out;
+    }
+    rc = prepare(r, &p, err);
     if (rc != 0)
         goto out;
     plan = plan_build(&p.g, p.out_id, p.nall, false, p.as.n > 0, err);

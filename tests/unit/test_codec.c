@@ -376,6 +376,8 @@ TEST_IMPL(error_reply_roundtrip) {
     ASSERT(memcmp(s, "handle 7 is", 11) == 0);
     ASSERT_STR_EQ(proto_error_name(-PG_EBAD_FRAME), "bad_frame");
     ASSERT_STR_EQ(proto_error_name(9999), "internal");
+    ASSERT_STR_EQ(proto_error_name(PG_ENO_DEVICE), "no_device"); /* appended: old values kept */
+    ASSERT_EQ(PG_EDISCONNECTED, 11);
     msgpack_unpacked_destroy(&up);
     msgpack_sbuffer_destroy(&sb);
     return 0;

@@ -37,13 +37,14 @@ from . import dtypes
 from .dtypes import DType, as_dtype, float32, float64, int32, int64
 from .dtypes import bool_ as bool  # pg.bool, as torch.bool (hides the builtin in here only)
 from .shapes import DimError, ShapeError, Size
+from .devices import device
 from .tensor import Tensor, explain
 from .functional import *  # noqa: F401,F403  (pg.zeros, pg.cat, pg.exp, ...)
 from .functional import abs, all, any, max, min, pow, sum  # noqa: F401  (not in * on purpose)
 from . import autograd, functional
 from .autograd_api import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .serialization import load, save
-from . import nn, optim
+from . import cuda, nn, optim
 from .capture import JitError, TinyJit, jit
 
 # torch's other names for the dtypes.
@@ -65,6 +66,8 @@ __all__ = [
     "__version__",
     "Tensor",
     "explain",
+    "device",
+    "cuda",
     "Size",
     "DType",
     "as_dtype",

@@ -248,8 +248,10 @@ class Connection:
         reply = self.call("stats")
         return {k: v for k, v in reply.items() if k not in ("id", "ok")}
 
-    def put(self, array):
+    def put(self, array, device=None):
         """Uploads ``array`` (anything numpy.asarray accepts) and returns its handle (int).
+        ``device`` ("cpu", "cuda", "cuda:N"; None: the daemon's default, the CPU) is sent as
+        the request's `device`; a device the daemon does not have raises its no_device error.
 
         Supported dtypes are float32, float64, int32, int64 and bool; others raise
         PicogradError("bad_dtype") before anything is sent. The array's own memory is sent
@@ -270,8 +272,10 @@ class Connection:
 
         rid = next(self._ids)
         packer = msgpack.Packer(use_bin_type=True)
+        extra = (packer.pack("device"), packer.pack(str(device))) if device is not None else ()
         header = b"".join((
-            packer.pack_map_header(5),
+            packer.pack_map_header(5 + (device is not None)),
+            *extra,
             packer.pack("id"), packer.pack(rid),
             packer.pack("op"), packer.pack("put"),
             packer.pack("dtype"), packer.pack(name),

@@ -23,8 +23,8 @@ import operator
 import threading
 
 from . import dtypes, shapes
+from .devices import CPU, as_device
 from .dtypes import as_dtype
-from .wire import PicogradError
 from .tensor import (Tensor, _binary, _node, _operand, _scalar_value, as_tensor, flush,
                      from_numpy, matmul, realize, tensor, where)
 
@@ -69,9 +69,14 @@ def _fill(value, dtype):
 
 def _made(t, requires_grad, device):
     """The creation functions' common keywords: ``requires_grad`` makes the new tensor a leaf
-    that backward() fills (floats only); ``device`` may only be the CPU for now."""
-    if device is not None and str(device) != "cpu":
-        raise PicogradError("no_device", f"device {device!r}: this client only knows 'cpu'")
+    that backward() fills (floats only); ``device`` ("cpu", "cuda", "cuda:N", a pg.device)
+    says where it is made. On the CPU (the default) the node stays pending, as ever; on any
+    other device it runs at once, on that device, so that a device the daemon does not have
+    raises the daemon's no_device error at the line that asked for it, as torch would."""
+    dev = as_device(device)
+    if dev != CPU:
+        t._dev = str(dev)
+        t.realize()
     return t.requires_grad_() if requires_grad else t
 
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from . import dtypes, shapes
 from .client import default_connection
+from .devices import CPU, as_device, device
 from .dtypes import as_dtype
 from .shapes import DimError, ShapeError, Size
 from .wire import PicogradError
@@ -262,7 +263,7 @@ class Tensor:
     """
 
     __slots__ = ("_op", "_inputs", "_attrs", "_shape", "_dtype", "_buf", "_conn", "_weak",
-                 "_site", "_rg", "_grad", "_ag", "_val", "__weakref__")
+                 "_site", "_rg", "_grad", "_ag", "_val", "_dev", "__weakref__")
 
     # Make numpy defer to us in `ndarray + Tensor` (it calls our __radd__ instead of turning the
     # tensor into an array), as torch does.
@@ -291,6 +292,7 @@ class Tensor:
         t._ag = None     # a realized non-leaf's recorded node (op, inputs, attrs), for backward;
         #                  False once backward() consumed its graph
         t._val = None    # numpy data fetched with the run that realized it (loss.item() after step)
+        t._dev = None    # the device's name ("cuda:0") when not the CPU; ops inherit it (_node)
         return t
 
     # -- metadata (no round trip) --------------------------------------------------------------
@@ -306,6 +308,16 @@ class Tensor:
     @property
     def ndim(self):
         return len(self._shape)
+
+    @property
+    def device(self):
+        """Where the tensor lives: a pg.device ("cpu" unless it was made with device= or moved
+        with .to(); the daemon refuses devices it does not have, with no_device)."""
+        return CPU if self._dev is None else as_device(self._dev)
+
+    @property
+    def is_cuda(self):
+        return self._dev is not None and self._dev.startswith("cuda")
 
     def dim(self):
         return len(self._shape)
@@ -943,28 +955,47 @@ class Tensor:
     # -- dtype conversion ----------------------------------------------------------------------
 
     def to(self, *args, **kwargs):
-        """Converts to a dtype: to(pg.float64), to(dtype=...), to(other_tensor). A device string
-        ("cpu") is accepted and ignored: the daemon decides where tensors live."""
+        """Converts to a dtype and/or moves to a device, as torch's: to(pg.float64),
+        to("cuda:0"), to("cuda", pg.float64), to(dtype=..., device=...), to(other_tensor) (its
+        dtype and device). A move to the tensor's own device ("cpu" for a CPU tensor) is free;
+        any other is a copy that the daemon makes at once (a `run` on the target device), so
+        a device the daemon does not have raises its no_device error here."""
         dtype = kwargs.pop("dtype", None)
-        for ignored in ("device", "non_blocking", "copy"):
+        dev = kwargs.pop("device", None)
+        for ignored in ("non_blocking", "copy", "memory_format"):
             kwargs.pop(ignored, None)
         if kwargs:
             raise TypeError(f"to() got unexpected arguments {sorted(kwargs)}")
         for a in args:
             if isinstance(a, Tensor):
-                dtype = a._dtype
-            elif isinstance(a, str) and a in ("cpu", "picograd"):
+                dtype, dev = a._dtype, a.device
+            elif isinstance(a, str) and a == "picograd":
                 continue
-            elif getattr(a, "type", None) == "cpu":  # a torch.device
-                continue
+            elif isinstance(a, str) and _dtype_name(a):
+                dtype = a  # "float64": a dtype name
+            elif isinstance(a, (str, device)) or (hasattr(a, "type") and hasattr(a, "index")):
+                dev = a  # "cuda:0", a pg.device or a torch.device
             else:
                 dtype = a
+        out = self
+        if dev is not None:
+            dev = as_device(dev)
+            if dev != self.device:
+                out = _copy_to(self, dev)
         if dtype is None:
-            return self
+            return out
         dtype = as_dtype(dtype)
-        if dtype is self._dtype:
-            return self
-        return _node("cast", [self], {"dtype": dtype.name}, self._shape, dtype)
+        if dtype is out._dtype:
+            return out
+        return _node("cast", [out], {"dtype": dtype.name}, out._shape, dtype)
+
+    def cuda(self, device=None, non_blocking=False):
+        """A copy on a GPU: "cuda" (the first) or cuda:<device> for an int."""
+        return self.to(as_device("cuda" if device is None else device))
+
+    def cpu(self):
+        """This tensor on the CPU (itself when it is there already)."""
+        return self.to(CPU)
 
     def type_as(self, other):
         return self.to(other.dtype)
@@ -995,6 +1026,37 @@ class Tensor:
 _NO_GRAD_OPS = frozenset(("grad", "detach"))
 
 
+def _dtype_name(s):
+    """True when string ``s`` names a dtype ("float32", "torch.long") rather than a device."""
+    try:
+        as_dtype(s)
+    except TypeError:
+        return False
+    return True
+
+
+def _copy_to(t, dev):
+    """A copy of ``t`` on device ``dev``, made now: t is realized (on its own device), then one
+    `run` on ``dev`` reads it (an `input` node) and keeps the result. The daemon copies between
+    devices only when asked this way; one that does not have ``dev`` answers no_device."""
+    t.realize()
+    conn = t._buf.conn
+    fields = {"nodes": [{"op": "input", "handle": t._buf.handle}],
+              "outputs": [{"node": 0, "keep": True}]}
+    if dev != CPU:
+        fields["device"] = str(dev)
+    reply = _exchange(conn, "run", **fields)
+    results = reply.get("outputs")
+    if not isinstance(results, list) or len(results) != 1:
+        raise PicogradError("bad_reply", "a run reply needs 1 output")
+    out = Tensor._make("input", (), None, t._shape, t._dtype, conn)
+    _adopt(out, conn, results[0], [])
+    out._dev = None if dev == CPU else str(dev)
+    if t._rg and _local.grad_enabled:
+        out._rg = 2 if t._dtype.is_floating_point else 0
+    return out
+
+
 def _node(op, inputs, attrs, shape, dtype):
     """Returns a new pending Tensor for ``op`` over ``inputs``; all inputs must share one
     connection (inputs with none yet go along with any).
@@ -1007,7 +1069,13 @@ def _node(op, inputs, attrs, shape, dtype):
     conn = None
     rg = False
     mutable = False
+    dev = None
     for t in inputs:
+        if t._dev is not None or dev is not None:
+            if dev is not None and t._dev != dev:
+                raise RuntimeError(f"{op}: expected all tensors to be on the same device, but "
+                                   f"found {dev} and {t._dev or 'cpu'}")
+            dev = t._dev
         c = t._conn
         if c is not None and c is not conn:
             if conn is not None:
@@ -1026,6 +1094,7 @@ def _node(op, inputs, attrs, shape, dtype):
             if t._rg:
                 rg = True
     out = Tensor._make(op, inputs, attrs, shapes.check_shape(op, shape), dtype, conn)
+    out._dev = dev
     if mutable:
         for t in inputs:
             b = t._buf
@@ -1044,7 +1113,7 @@ def _fast(op, inputs, attrs, shape, dtype, conn):
     t = Tensor.__new__(Tensor)
     t._op, t._inputs, t._attrs, t._shape, t._dtype = op, inputs, attrs, shape, dtype
     t._buf, t._conn, t._weak, t._site = None, conn, False, _local.site
-    t._rg, t._grad, t._ag, t._val = 0, None, None, None
+    t._rg, t._grad, t._ag, t._val, t._dev = 0, None, None, None, None
     for i in inputs:
         b = i._buf
         if b is not None and b.readers is not None:
@@ -1560,8 +1629,15 @@ def _execute(keep=(), fetch=(), assigns=None, cache=(), split=False):
                     nodes.append({"op": "input", "handle": b.handle})
                 outputs.append({"node": index[k], "keep": True})
                 snaps.append((b, v, readers))
+    # The run's device: that of the tensors it computes (creation with device= or ops over a
+    # moved tensor), else the daemon's default, the CPU (no field: the request stays as it was).
+    devs = {t._dev for t in pending} - {None}
+    if len(devs) > 1:
+        raise RuntimeError(f"expected all tensors to be on the same device, but found "
+                           f"{', '.join(sorted(devs))}")
+    extra = {"device": devs.pop()} if devs else {}
     try:
-        reply = _exchange(conn, "run", nodes=nodes, outputs=outputs)
+        reply = _exchange(conn, "run", nodes=nodes, outputs=outputs, **extra)
     except PicogradError as exc:
         if queued:
             _drop_queued(queued)  # a failed run assigns nothing; the queued updates are lost
@@ -1867,11 +1943,14 @@ def tensor(data, dtype=None, requires_grad=False, conn=None, device=None):
     (uint8, float16, ...) raise PicogradError("bad_dtype"). ``requires_grad`` makes it a leaf
     whose gradient backward() computes (float dtypes only, checked before anything is sent).
     """
+    dev = as_device(device)
     if isinstance(data, Tensor):
         # A copy of the value, without autograd history (as torch.tensor(t)).
         out = data.detach().clone() if dtype is None else data.detach().to(dtype)
         if out is data:
             out = data.clone()
+        if device is not None:
+            out = out.to(dev)
         out._rg = 0
         return out.requires_grad_() if requires_grad else out
     # Conversions overflow to inf quietly, as in torch (numpy would warn).
@@ -1894,8 +1973,10 @@ def tensor(data, dtype=None, requires_grad=False, conn=None, device=None):
     conn = conn if conn is not None else default_connection()
     if len(_state(conn).dead) > _FLUSH_AT:
         flush(conn)
-    handle = conn.put(arr)
+    # The daemon refuses a device it does not have (no_device); the CPU is its default.
+    handle = conn.put(arr) if dev == CPU else conn.put(arr, device=str(dev))
     out = Tensor._make(None, (), None, arr.shape, dt, conn, _Buffer(conn, handle))
+    out._dev = None if dev == CPU else str(dev)
     return out.requires_grad_() if requires_grad else out
 
 

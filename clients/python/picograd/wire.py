@@ -29,6 +29,7 @@ import numpy as np
 __all__ = [
     "PicogradError",
     "CLIENT_CODES",
+    "DAEMON_CODES",
     "Address",
     "parse_url",
     "default_url",
@@ -39,6 +40,22 @@ __all__ = [
     "send_buffers",
     "FrameReader",
 ]
+
+# The daemon's error codes (PROTOCOL.md section 4), each with what it means. A reply may carry a
+# code added after this client was written: PicogradError keeps any code unchanged.
+DAEMON_CODES = {
+    "bad_frame": "framing error; the daemon closes the connection after the reply",
+    "bad_request": "a well-formed map whose content is wrong (a field's type or value)",
+    "unknown_op": "an op the daemon does not serve",
+    "unknown_handle": "a handle this session does not own",
+    "bad_shape": "a shape the daemon cannot hold, or shapes that do not fit together",
+    "bad_dtype": "a dtype name or combination that is not supported",
+    "too_large": "a size over a fixed limit",
+    "out_of_memory": "the daemon's memory budget cannot hold the request now",
+    "version_mismatch": "hello asked for a protocol version the daemon does not speak",
+    "no_device": "a device the daemon does not have or cannot run on (cuda without a GPU)",
+    "internal": "a bug or unexpected failure in the daemon; the request had no effect",
+}
 
 # Error codes the client raises itself. They never travel on the wire, so they may be added freely.
 CLIENT_CODES = {

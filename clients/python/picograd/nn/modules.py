@@ -23,8 +23,9 @@ import numpy as np
 from .. import dtypes, shapes
 from .. import functional as _f
 from ..autograd_api import no_grad
-from ..tensor import (Tensor, _LAZY, _assign_later, _execute, _mark_mutable, realize_lazy,
-                      tensor as _tensor)
+from ..devices import CPU, as_device, device
+from ..tensor import (Tensor, _LAZY, _assign_later, _dtype_name, _execute, _mark_mutable,
+                      realize_lazy, tensor as _tensor)
 from . import functional as F
 from . import init
 
@@ -50,7 +51,7 @@ class Parameter(Tensor):
             data = _tensor(data)
         t = object.__new__(cls)
         for name in ("_op", "_inputs", "_attrs", "_shape", "_dtype", "_buf", "_conn", "_weak",
-                     "_site"):
+                     "_site", "_dev"):
             setattr(t, name, getattr(data, name))
         t._rg, t._grad, t._ag, t._val = 0, None, None, None
         if requires_grad:
@@ -259,11 +260,37 @@ class Module:
                 p._grad = None if set_to_none else _f.zeros(p.shape, dtype=p.dtype)
 
     def to(self, *args, **kwargs):
-        """Devices are the daemon's business: to("cpu") and the like return the module."""
-        return self
+        """Moves the module to a device: to("cpu") (where every module is) returns it as it is;
+        to("cuda") and other devices ask the daemon to copy each parameter and buffer there,
+        and raise its error (no_device) when it cannot, rather than leave them on the CPU.
+        A dtype among the arguments is ignored, as before (modules keep their dtypes)."""
+        dev = kwargs.get("device")
+        for a in args:
+            if isinstance(a, (str, device)) and not _dtype_name(a) or (
+                    hasattr(a, "type") and hasattr(a, "index")):
+                dev = a
+            elif isinstance(a, Tensor):
+                dev = a.device
+        dev = as_device(dev)
+        if dev == CPU:
+            return self
+        realize_lazy()
+        tensors = list(self.parameters()) + list(self.buffers())
+        if not tensors:
+            # Nothing to move, but the device must exist: an empty tensor asks the daemon.
+            _tensor(np.zeros(0, np.float32), device=dev)
+        for t in tensors:
+            if t.device != dev:
+                t.to(dev)  # raises the daemon's no_device
+        # Moving parameters in place (optimizers hold them) waits for the CUDA runtime.
+        raise NotImplementedError(f"moving a module's parameters to {dev} is not implemented "
+                                  "by this client yet")
+
+    def cuda(self, device=None):
+        return self.to(as_device("cuda" if device is None else device))
 
     def cpu(self):
-        return self
+        return self.to(CPU)
 
     def type(self, dst_type):
         return self

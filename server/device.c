@@ -1,0 +1,142 @@
+/*
+ * device.c - device strings, device checks and the CUDA part of `hello` (see device.h).
+ *
+ * This is the one file of the daemon that knows whether the CUDA backend was built
+ * (PICOGRAD_HAVE_CUDA, set by CMake's PICOGRAD_CUDA): the rest asks it.
+ */
+#include "device.h"
+
+#include "log.h"
+
+#ifdef PICOGRAD_HAVE_CUDA
+#include "../kernels/cuda/load.h"
+#endif
+
+#include <stdio.h>
+#include <string.h>
+
+int dev_parse(const char *s, size_t n, const char *field, dev_id_t *out, proto_err_t *err) {
+    memset(out, 0, sizeof(*out));
+    if (n == 3 && memcmp(s, "cpu", 3) == 0) {
+        out->kind = DEV_CPU;
+    } else if (n == 5 && memcmp(s, "cpu:0", 5) == 0) {
+        out->kind = DEV_CPU;
+    } else if (n == 4 && memcmp(s, "cuda", 4) == 0) {
+        out->kind = DEV_CUDA;
+        out->index = -1;
+    } else if (n > 5 && n < DEV_TEXT_MAX && memcmp(s, "cuda:", 5) == 0) {
+        long long v = 0;
+        bool digits = true;
+        for (size_t i = 5; i < n && digits; i++) {
+            digits = s[i] >= '0' && s[i] <= '9';
+            v = v * 10 + (s[i] - '0');
+        }
+        if (!digits || (s[5] == '0' && n > 6) || v > DEV_MAX_INDEX)
+            goto err_bad;
+        out->kind = DEV_CUDA;
+        out->index = (int)v;
+    } else {
+        goto err_bad;
+    }
+    memcpy(out->text, s, n); /* n < DEV_TEXT_MAX in every accepted form */
+    out->text[n] = '\0';
+    return 0;
+err_bad: {
+    char q[40];
+    if (proto_quote(q, sizeof(q), s, n))
+        return proto_fail(err, PG_EBAD_REQUEST,
+                          "field '%s' must be \"cpu\", \"cuda\" or \"cuda:N\" (N a device "
+                          "number), got '%s'", field, q);
+    return proto_fail(err, PG_EBAD_REQUEST,
+                      "field '%s' must be \"cpu\", \"cuda\" or \"cuda:N\" (N a device number), "
+                      "got a string of %zu bytes", field, n);
+}
+}
+
+int dev_check(const dev_id_t *d, proto_err_t *err) {
+    if (d->kind == DEV_CPU)
+        return 0;
+#ifdef PICOGRAD_HAVE_CUDA
+    int n = cuda_device_count(), i = d->index < 0 ? 0 : d->index;
+    if (n == 0)
+        return proto_fail(err, PG_ENO_DEVICE, "device '%s' is not available: %s", d->text,
+                          cuda_unavailable_reason());
+    if (i >= n)
+        return proto_fail(err, PG_ENO_DEVICE,
+                          "device '%s' does not exist: this daemon has %d CUDA device%s", d->text,
+                          n, n == 1 ? "" : "s");
+    const cuda_device_info_t *di = cuda_device(i);
+    if (!cuda_available())
+        return proto_fail(err, PG_ENO_DEVICE, "device '%s' (%.60s) is not available: %s",
+                          d->text, di->name, cuda_unavailable_reason());
+    return proto_fail(err, PG_ENO_DEVICE,
+                      "device '%s' (%.60s) is present, but this daemon's CUDA runtime is not "
+                      "implemented yet: only 'cpu' runs", d->text, di->name);
+#else
+    return proto_fail(err, PG_ENO_DEVICE,
+                      "device '%s' is not available: this picogradd was built without CUDA "
+                      "(PICOGRAD_CUDA=OFF)", d->text);
+#endif
+}
+
+int dev_from_request(const msgpack_object *args, dev_id_t *out, proto_err_t *err) {
+    const msgpack_object *f = proto_find(args, "device");
+    if (!f || f->type == MSGPACK_OBJECT_NIL) {
+        memset(out, 0, sizeof(*out));
+        memcpy(out->text, "cpu", 4);
+        return 0;
+    }
+    if (f->type != MSGPACK_OBJECT_STR)
+        return proto_fail(err, PG_EBAD_REQUEST,
+                          "field 'device' must be a string (\"cpu\", \"cuda\" or \"cuda:N\")");
+    int rc = dev_parse(f->via.str.ptr, f->via.str.size, "device", out, err);
+    return rc ? rc : dev_check(out, err);
+}
+
+void dev_init(void) {
+#ifdef PICOGRAD_HAVE_CUDA
+    cuda_load();
+#else
+    log_info("cuda: not built (PICOGRAD_CUDA=OFF), serving the CPU only");
+#endif
+}
+
+void dev_shutdown(void) {
+#ifdef PICOGRAD_HAVE_CUDA
+    cuda_unload();
+#endif
+}
+
+int dev_cuda_count(void) {
+#ifdef PICOGRAD_HAVE_CUDA
+    return cuda_device_count();
+#else
+    return 0;
+#endif
+}
+
+void dev_pack_cuda(msgpack_packer *pk, int i) {
+#ifdef PICOGRAD_HAVE_CUDA
+    const cuda_device_info_t *di = cuda_device(i);
+    char name[24];
+    snprintf(name, sizeof(name), "cuda:%d", i);
+    msgpack_pack_map(pk, 6);
+    proto_pack_cstr(pk, "name");
+    proto_pack_cstr(pk, name);
+    proto_pack_cstr(pk, "kind");
+    proto_pack_cstr(pk, "cuda");
+    proto_pack_cstr(pk, "model");
+    proto_pack_cstr(pk, di ? di->name : "?");
+    proto_pack_cstr(pk, "memory");
+    msgpack_pack_uint64(pk, di ? di->memory : 0);
+    proto_pack_cstr(pk, "compute_capability"); /* [major, minor], as torch's tuple */
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_uint32(pk, di ? (uint32_t)di->cc_major : 0);
+    msgpack_pack_uint32(pk, di ? (uint32_t)di->cc_minor : 0);
+    proto_pack_cstr(pk, "ready"); /* the daemon can run on it: not until the CUDA runtime lands */
+    msgpack_pack_false(pk);
+#else
+    (void)pk;
+    (void)i;
+#endif
+}
