@@ -19,8 +19,8 @@
  *                       stage 1: v1 = load x; v2 = acc a0; v3 = sub v1 v2; v4 = exp v3; fold sum
  *                       stage 2: ... v9 = div v8 (acc a1); out[row, j] = v9
  *
- * The C renderer (render_c.c) turns it into C; a CUDA renderer can sit beside it, reading the
- * same structure. A kernel's source, and therefore its name and cache key, depends only on this
+ * The C renderer (render_c.c) turns it into C; the CUDA renderer (render_cuda.c) turns the
+ * same structure into CUDA C++ for NVRTC. A kernel's source, and therefore its name and cache key, depends only on this
  * structure: never on a counter or on the order of earlier requests.
  */
 #ifndef PG_KIR_H

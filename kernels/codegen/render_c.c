@@ -25,8 +25,9 @@
  * contiguous strides is indexed `off + i`; any other (broadcast, permuted, flipped) computes the
  * axes it needs from i with div/mod by baked constants.
  *
- * The file is organized so that a CUDA renderer could sit beside it: the expression helpers
- * (ctype, convert, op_expr) know nothing about loops, and only the "Loops" section does.
+ * The CUDA renderer (render_cuda.c) sits beside it: the expression helpers (kir__ctype,
+ * kir__convert, kir__value_expr) and the shape analyses know nothing about loops, and both
+ * renderers share them (kir_render.h); only the "Loops" section here is about CPU loops.
  */
 #include "kir_render.h"
 
