@@ -3,6 +3,9 @@
 #   1. C unit tests (ctest): the codec and the C client against a real daemon;
 #   2. Python client unit tests and the integration tests against a real daemon (pytest), then
 #      conformance suites once more with every loop compiled (--jit-min-work 0);
+#      Every daemon of step 2 also writes the CUDA source of each kernel it plans
+#      (--dump-cuda), and pg_test_nvrtc then compiles all of them with NVRTC for sm_80 and sm_90
+#      (no GPU needed; skipped when the CUDA toolkit is absent);
 #   3. the same again on an AddressSanitizer + UndefinedBehaviorSanitizer build (build-asan/),
 #      where LeakSanitizer checks that the daemon exits with nothing leaked.
 #
@@ -32,8 +35,13 @@ bash deploy/setup.sh --test
 
 echo "== C unit tests (Release)"
 ctest --test-dir build --output-on-failure
+# The CUDA source of every kernel the suites below plan (conformance, the random-graph test in
+# test_compiler.py, ...) lands in $cuda_dump, for the NVRTC compile check after them.
+cuda_dump="$(mktemp -d /tmp/picograd-cuda-dump.XXXXXX)"
+trap 'rm -rf "$cuda_dump"' EXIT
 echo "== Python client and integration tests (Release)"
-"$PY" -m pytest -q -p no:cacheprovider clients/python/tests tests/integration
+PICOGRAD_TEST_DAEMON_ARGS="--dump-cuda $cuda_dump" \
+    "$PY" -m pytest -q -p no:cacheprovider clients/python/tests tests/integration
 # Every conformance loop compiled (--jit-min-work 0): a few thousand kernels to compile cold
 # (~13 min on 2 cores), so CI runs the nn, movement and index suites (~1 min) and --full-jit all.
 # The gradient suite runs compiled too (~1 min cold): backward graphs fuse like any others.
@@ -44,7 +52,16 @@ else
     conf=(tests/integration/test_conformance_{nn,movement,linalg_index}.py
           tests/integration/test_autodiff.py)
 fi
-PICOGRAD_TEST_DAEMON_ARGS="--jit-min-work 0" "$PY" -m pytest -q -p no:cacheprovider "${conf[@]}"
+PICOGRAD_TEST_DAEMON_ARGS="--jit-min-work 0 --dump-cuda $cuda_dump" \
+    "$PY" -m pytest -q -p no:cacheprovider "${conf[@]}"
+# Every kernel of those suites, rendered for CUDA, compiled by NVRTC (a minute or two on 2
+# cores: 16 kernels per NVRTC program, one program per core at a time).
+if [[ -x build/bin/pg_test_nvrtc ]]; then
+    echo "== NVRTC: every kernel of the suites above, compiled for sm_80 and sm_90"
+    build/bin/pg_test_nvrtc --dir "$cuda_dump" --min 500
+else
+    echo "== NVRTC: skipped (no CUDA toolkit: build/bin/pg_test_nvrtc was not built)"
+fi
 
 if ((asan)); then
     echo "== ASan + UBSan build"

@@ -57,6 +57,8 @@ static void usage(FILE *f) {
             "  --cache-dir DIR         compiled kernels kept between runs (default\n"
             "                          $XDG_CACHE_HOME/picogradd, else $HOME/.cache/picogradd,\n"
             "                          else /tmp/picogradd-cache-$UID)\n"
+            "  --dump-cuda DIR         also render every kernel the planner builds for CUDA and\n"
+            "                          write it to DIR/<name>.cu (for the NVRTC compile test)\n"
             "  --prepared-cache N      run requests kept lowered and planned for their next run\n"
             "                          with new handles (default %d; 0 turns the cache off)\n"
             "  --help, --version\n"
@@ -102,7 +104,7 @@ static bool parse_range(const char *flag, const char *s, uint64_t lo, uint64_t h
 enum {
     OPT_LISTEN = 256, OPT_THREADS, OPT_MAX_FRAME, OPT_MAX_MEMORY, OPT_MAX_INFLIGHT,
     OPT_MAX_UNSENT, OPT_MAX_SESSIONS, OPT_SHUTDOWN_TIMEOUT, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION,
-    OPT_JIT, OPT_CC, OPT_CACHE_DIR, OPT_JIT_MIN_WORK, OPT_PREPARED_CACHE,
+    OPT_JIT, OPT_CC, OPT_CACHE_DIR, OPT_JIT_MIN_WORK, OPT_PREPARED_CACHE, OPT_DUMP_CUDA,
 };
 
 /* Fills cfg from argv. Returns 0 to run, 1 for a usage error, 2 after --help or --version. */
@@ -122,6 +124,7 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
         {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
         {"jit-min-work", required_argument, NULL, OPT_JIT_MIN_WORK},
         {"prepared-cache", required_argument, NULL, OPT_PREPARED_CACHE},
+        {"dump-cuda", required_argument, NULL, OPT_DUMP_CUDA},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -229,6 +232,13 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
                 return 1;
             }
             cfg->cache_dir = optarg;
+            break;
+        case OPT_DUMP_CUDA:
+            if (!optarg[0] || plan_set_dump_cuda(optarg) != 0) {
+                if (!optarg[0])
+                    fprintf(stderr, "picogradd: --dump-cuda must name a directory\n");
+                return 1;
+            }
             break;
         case OPT_HELP:
             usage(stdout);

@@ -14,11 +14,16 @@
 #include "log.h"
 #include "mem.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* =============================================================================================
  * Keys
@@ -97,6 +102,66 @@ void plan_key(const graph_t *g, const int32_t *out_id, uint32_t no, bool every_l
 }
 
 /* =============================================================================================
+ * --dump-cuda
+ * =========================================================================================== */
+
+static const char *dump_dir;       /* --dump-cuda DIR, or NULL */
+static atomic_uint_fast64_t dump_seq; /* temporary file names */
+
+int plan_set_dump_cuda(const char *dir) {
+    struct stat sb;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "picogradd: --dump-cuda: cannot create %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "picogradd: --dump-cuda: %s is not a directory\n", dir);
+        return -1;
+    }
+    dump_dir = dir;
+    return 0;
+}
+
+/* Renders k for CUDA and writes it to dump_dir/<name>.cu unless a file of that name is there. */
+static void dump_cuda(const kir_kernel_t *k) {
+    char name[32], path[4096], tmp[4096];
+    char *src = kir_render_cuda(k, name, sizeof(name));
+    if (!src) {
+        log_warn("--dump-cuda: a kernel could not be rendered for CUDA");
+        return;
+    }
+    int n = snprintf(path, sizeof(path), "%s/%s.cu", dump_dir, name);
+    int m = snprintf(tmp, sizeof(tmp), "%s/.tmp-%ld-%" PRIu64 ".cu", dump_dir, (long)getpid(),
+                     (uint64_t)atomic_fetch_add(&dump_seq, 1));
+    if (n < 0 || (size_t)n >= sizeof(path) || m < 0 || (size_t)m >= sizeof(tmp)) {
+        log_warn("--dump-cuda: the directory's path is too long");
+        goto out_free_src;
+    }
+    if (access(path, F_OK) == 0)
+        goto out_free_src; /* already dumped (by name: the name is a hash of the source) */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        log_warn("--dump-cuda: cannot create %s: %s", tmp, strerror(errno));
+        goto out_free_src;
+    }
+    size_t len = strlen(src), off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, src + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    if (close(fd) != 0 || off != len || rename(tmp, path) != 0) {
+        log_warn("--dump-cuda: cannot write %s: %s", path, strerror(errno));
+        unlink(tmp);
+    }
+out_free_src:
+    pg_free(src);
+}
+
+/* =============================================================================================
  * Building
  * =========================================================================================== */
 
@@ -139,6 +204,8 @@ plan_t *plan_build(const graph_t *g, const int32_t *out_id, uint32_t no, bool co
         if (st->kind != FUSE_STEP_KERNEL)
             continue;
         pk->src = kir_render_c(st->kernel, pk->name, sizeof(pk->name));
+        if (dump_dir)
+            dump_cuda(st->kernel);
         if (!pk->src) {
             /* The renderer refuses kernels it cannot express; the interpreter can. */
             log_warn("plan: kernel for node %d could not be rendered; interpreting this graph",

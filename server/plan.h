@@ -57,6 +57,17 @@ plan_t *plan_build(const graph_t *g, const int32_t *out_id, uint32_t no, bool co
 plan_t *plan_get(const graph_t *g, const int32_t *out_id, uint32_t no, bool every_loop,
                  bool *built, proto_err_t *err);
 
+/*
+ * --dump-cuda DIR: from now on every kernel that plan_build renders is also rendered for CUDA
+ * (kir_render_cuda) and written to DIR/<name>.cu, once per name (a file already there is kept),
+ * through a temporary file renamed into place, so a reader never sees half a kernel and several
+ * daemons may share DIR. Failures are logged and never fail a plan. Creates DIR when missing;
+ * returns 0, or -1 (after printing why) when DIR is not a usable directory. Call before serving;
+ * dir is borrowed for the process's lifetime. This is how CI compiles every kernel of the test
+ * suites with NVRTC without a GPU (tests/unit/test_nvrtc.c).
+ */
+int plan_set_dump_cuda(const char *dir);
+
 /* Drops a reference; the last one frees the plan. NULL is ignored. */
 void plan_release(plan_t *p);
 

@@ -19,8 +19,8 @@
  *                       stage 1: v1 = load x; v2 = acc a0; v3 = sub v1 v2; v4 = exp v3; fold sum
  *                       stage 2: ... v9 = div v8 (acc a1); out[row, j] = v9
  *
- * The C renderer (render_c.c) turns it into C; a CUDA renderer can sit beside it, reading the
- * same structure. A kernel's source, and therefore its name and cache key, depends only on this
+ * The C renderer (render_c.c) turns it into C; the CUDA renderer (render_cuda.c) turns the
+ * same structure into CUDA C++ for NVRTC. A kernel's source, and therefore its name and cache key, depends only on this
  * structure: never on a counter or on the order of earlier requests.
  */
 #ifndef PG_KIR_H
@@ -167,6 +167,32 @@ int64_t kir_split_blocks(const kir_kernel_t *k);
  * when memory runs out. The source is a function of k only.
  */
 char *kir_render_c(const kir_kernel_t *k, char *name, size_t name_cap);
+
+/*
+ * Renders k as a CUDA C++ translation unit for NVRTC (render_cuda.c) defining
+ *   extern "C" __global__ void NAME(const pg_cu_bufs_t bufs, long long start, long long end)
+ * that computes units [start, end) (kir_units: output elements, rows of a staged kernel,
+ * (output, block) pairs of a split reduction; bufs.p[0] the output, bufs.p[1 + k] input k, all
+ * device pointers, passed by value in one struct of KIR_MAX_INPUTS + 1 pointers). NAME is
+ * "pg_cu_" followed by 16 hex digits of a hash of the source, written to name (at least 24
+ * bytes). Launch it with kir_cuda_launch's block size and any grid: every kernel strides over
+ * its units by the grid. Results match the C kernel's within float rounding, not bit for bit:
+ * reductions fold in a tree across threads (see kernels/codegen/README.md). Returns a new
+ * string (free with pg_free), or NULL when k is malformed or memory runs out.
+ */
+char *kir_render_cuda(const kir_kernel_t *k, char *name, size_t name_cap);
+
+/* How a CUDA kernel of kir_render_cuda maps its units to threads. */
+typedef struct {
+    int threads;       /* threads per block (the kernel's __launch_bounds__) */
+    int unit_threads;  /* threads that share one unit: 1 (elementwise: a thread per output
+                        * element), 32 (a warp folds one output or row) or `threads` (a block
+                        * folds one output or row) */
+} kir_cuda_launch_t;
+
+/* The launch shape of k's CUDA kernel; a grid of ceil(units * unit_threads / threads) blocks
+ * covers every unit once (fewer blocks loop). */
+kir_cuda_launch_t kir_cuda_launch(const kir_kernel_t *k);
 
 /* 64-bit FNV-1a hash of n bytes, continuing from h (start with KIR_HASH_INIT). */
 #define KIR_HASH_INIT 0xcbf29ce484222325ull

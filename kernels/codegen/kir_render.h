@@ -1,0 +1,73 @@
+/*
+ * kir_render.h - what the C renderer (render_c.c) and the CUDA renderer (render_cuda.c) share:
+ * a growing string, the expression of one SSA value (types, conversions, one primitive), and the
+ * analyses of a kernel's shape (contiguous inputs, which values vary along a loop, which costly
+ * value a staged kernel may keep). Defined in render_c.c, where they were born; internal to
+ * kernels/codegen/ (prefix kir__).
+ *
+ * The expressions are C that is also valid CUDA C++ once the CUDA prelude has defined the few
+ * names they use (int64_t and friends, INFINITY, NAN, pg_f2i32, pg_ipow, pg_expf, ...): only two
+ * GCC builtins differ, which kir__value_expr spells per target.
+ */
+#ifndef PG_KIR_RENDER_H
+#define PG_KIR_RENDER_H
+
+#include "kir.h"
+
+#include <stddef.h>
+
+/* Longest expression (an index, one value's initializer) the renderers build. */
+#define KIR__EXPR_MAX 1024
+
+/* A growing string. */
+typedef struct {
+    char *p;    /* NUL-terminated text (owned; free with pg_free) */
+    size_t n;   /* bytes used, without the NUL */
+    size_t cap; /* bytes allocated */
+    bool oom;   /* an append failed: the result is unusable */
+} kir__buf_t;
+
+/* Appends printf-formatted text to b; on failure sets b->oom and appends nothing more. */
+void kir__printf(kir__buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ops.def's name of p ("?" when out of range). */
+const char *kir__prim_name(prim_t p);
+bool kir__is_float(pg_dtype_t dt);
+/* The C type a value of dtype dt lives in (bool: a uint8_t holding 0 or 1). */
+const char *kir__ctype(pg_dtype_t dt);
+/* The expression converting expr (float domain: a double; else a wrapping int64) to dt, as the
+ * interpreter stores it. */
+void kir__convert(char *out, size_t cap, bool float_domain, pg_dtype_t dt, const char *expr);
+/* An exact literal for v (hex float; NAN and INFINITY spelled out). */
+void kir__double_lit(char *out, size_t cap, double v);
+/* The initializer of value j; idx[n] is input n's index expression. cuda: spell the float32
+ * builtins as CUDA does (fabsf, sqrtf) instead of GCC's. */
+void kir__value_expr(char *out, size_t cap, const kir_kernel_t *k, int j,
+                     char idx[][KIR__EXPR_MAX], bool cuda);
+
+bool kir__has_reduce(const kir_kernel_t *k);
+bool kir__staged(const kir_kernel_t *k);
+/* True when input in is laid out like the iteration space in C order (size-1 axes aside). */
+bool kir__is_contiguous(const kir_kernel_t *k, const kir_input_t *in);
+/* Input in's index: base (NULL: its offset) plus " + iD * S" for each axis in `axes`. */
+void kir__affine(char *out, size_t cap, const kir_input_t *in, const char *base,
+                 const bool *axes, int rank, const int64_t *shape);
+/* Emits "const int64_t iD = (lin / DIV) % SIZE;" for each axis in `want` of those `over`
+ * enumerates in C order. */
+void kir__unflatten(kir__buf_t *b, const kir_kernel_t *k, const char *lin, const bool *over,
+                    const bool *want, const char *indent);
+/* varies[j]: value j changes along its loop (depends on a load). */
+void kir__varies(const kir_kernel_t *k, bool *varies);
+/* Merges adjacent axes of an elementwise kernel that every input walks as one, drops size-1
+ * axes (changes k's iteration space, not its values). */
+void kir__coalesce(kir_kernel_t *k);
+/* The costly value (*dst, last stage) a staged kernel can keep from an earlier fold (*src);
+ * both stay -1 when there is none. */
+void kir__find_kept(const kir_kernel_t *k, const bool *varies, int *dst, int *src);
+/* Emits the header comment of kernel k (iteration space, inputs, SSA list), naming `name` (the
+ * placeholder) and the renderer `file`. */
+void kir__comment(kir__buf_t *b, const kir_kernel_t *k, const char *name, const char *file);
+/* True when k is well formed enough to render without reading out of bounds. */
+bool kir__valid(const kir_kernel_t *k);
+
+#endif /* PG_KIR_RENDER_H */
