@@ -61,6 +61,14 @@ void kir__varies(const kir_kernel_t *k, bool *varies);
 /* Merges adjacent axes of an elementwise kernel that every input walks as one, drops size-1
  * axes (changes k's iteration space, not its values). */
 void kir__coalesce(kir_kernel_t *k);
+/* A coalesced copy of k (pg_free it), or NULL when memory runs out. */
+kir_kernel_t *kir__coalesced(const kir_kernel_t *k);
+/* Finishes a rendered kernel: names it `prefix` + 16 hex digits of the hash of its text (so
+ * equal kernels get equal names and sources) in name (name_cap bytes, at least the length of
+ * placeholder + 1), writes that name over every `placeholder` in the text and returns the text
+ * (the caller's now). NULL, with b's text freed, when an append failed. */
+char *kir__finish(kir__buf_t *b, const char *prefix, const char *placeholder, char *name,
+                  size_t name_cap);
 /* The costly value (*dst, last stage) a staged kernel can keep from an earlier fold (*src);
  * both stay -1 when there is none. */
 void kir__find_kept(const kir_kernel_t *k, const bool *varies, int *dst, int *src);

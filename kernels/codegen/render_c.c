@@ -1128,26 +1128,36 @@ char *kir_render_c(const kir_kernel_t *k, char *name, size_t name_cap) {
     } else if (kir__has_reduce(k)) {
         rc_loop_reduce(&b, k, varies);
     } else {
-        kir_kernel_t *flat = pg_malloc(sizeof(*flat));
-        if (!flat) {
-            pg_free(b.p);
-            return NULL;
-        }
-        memcpy(flat, k, sizeof(*flat));
-        kir__coalesce(flat);
-        rc_loop_elementwise(&b, flat);
+        kir_kernel_t *flat = kir__coalesced(k);
+        if (flat)
+            rc_loop_elementwise(&b, flat);
+        b.oom |= !flat;
         pg_free(flat);
     }
     kir__printf(&b, "}\n");
-    if (b.oom) {
-        pg_free(b.p);
+    return kir__finish(&b, "pg_k_", RC_PLACEHOLDER, name, name_cap);
+}
+
+kir_kernel_t *kir__coalesced(const kir_kernel_t *k) {
+    kir_kernel_t *flat = pg_malloc(sizeof(*flat));
+    if (flat) {
+        memcpy(flat, k, sizeof(*flat));
+        kir__coalesce(flat);
+    }
+    return flat;
+}
+
+char *kir__finish(kir__buf_t *b, const char *prefix, const char *placeholder, char *name,
+                  size_t name_cap) {
+    size_t len = strlen(placeholder);
+    if (b->oom || name_cap < len + 1) {
+        pg_free(b->p);
         return NULL;
     }
-    /* The name is a hash of everything else, so equal kernels get equal names and sources. */
-    snprintf(name, name_cap, "pg_k_%016" PRIx64, kir_hash(KIR_HASH_INIT, b.p, b.n));
-    for (char *p = b.p; (p = strstr(p, RC_PLACEHOLDER)) != NULL; p += RC_NAME_LEN)
-        memcpy(p, name, RC_NAME_LEN);
-    return b.p;
+    snprintf(name, name_cap, "%s%016" PRIx64, prefix, kir_hash(KIR_HASH_INIT, b->p, b->n));
+    for (char *p = b->p; (p = strstr(p, placeholder)) != NULL; p += len)
+        memcpy(p, name, len);
+    return b->p;
 }
 
 uint64_t kir_hash(uint64_t h, const void *data, size_t n) {

@@ -464,23 +464,12 @@ char *kir_render_cuda(const kir_kernel_t *k, char *name, size_t name_cap) {
     } else if (kir__has_reduce(k)) {
         cu_reduce(&b, k, varies, l.unit_threads);
     } else {
-        kir_kernel_t *flat = pg_malloc(sizeof(*flat));
-        if (!flat) {
-            pg_free(b.p);
-            return NULL;
-        }
-        memcpy(flat, k, sizeof(*flat));
-        kir__coalesce(flat);
-        cu_elementwise(&b, flat);
+        kir_kernel_t *flat = kir__coalesced(k);
+        if (flat)
+            cu_elementwise(&b, flat);
+        b.oom |= !flat;
         pg_free(flat);
     }
     kir__printf(&b, "}\n");
-    if (b.oom) {
-        pg_free(b.p);
-        return NULL;
-    }
-    snprintf(name, name_cap, "pg_cu_%016" PRIx64, kir_hash(KIR_HASH_INIT, b.p, b.n));
-    for (char *p = b.p; (p = strstr(p, CU_PLACEHOLDER)) != NULL; p += CU_NAME_LEN)
-        memcpy(p, name, CU_NAME_LEN);
-    return b.p;
+    return kir__finish(&b, "pg_cu_", CU_PLACEHOLDER, name, name_cap);
 }
