@@ -61,6 +61,11 @@ void kir__varies(const kir_kernel_t *k, bool *varies);
 /* Merges adjacent axes of an elementwise kernel that every input walks as one, drops size-1
  * axes (changes k's iteration space, not its values). */
 void kir__coalesce(kir_kernel_t *k);
+/* The index expressions of an elementwise kernel's inputs in idx ("off + i" for one laid out
+ * like the loop, else the affine index over every axis); all[d] is set for every axis, need[d]
+ * when some input steps along axis d (so the loop must define iD). */
+void kir__elementwise_index(const kir_kernel_t *k, char idx[][KIR__EXPR_MAX], bool *all,
+                            bool *need);
 /* A coalesced copy of k (pg_free it), or NULL when memory runs out. */
 kir_kernel_t *kir__coalesced(const kir_kernel_t *k);
 /* Finishes a rendered kernel: names it `prefix` + 16 hex digits of the hash of its text (so

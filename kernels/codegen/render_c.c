@@ -512,21 +512,28 @@ void kir__coalesce(kir_kernel_t *k) {
  *   for (i = start; i < end;) {   row = i / 64, j0 = i % 64, i0 = row / 16, i1 = row % 16
  *       for (i2 = j0; i < stop; i++, i2++) out[i] = f(in0[i0 * 1024 + i1 + i2 * 16]);  }
  */
-static void rc_loop_elementwise(kir__buf_t *b, const kir_kernel_t *k) {
-    char idx[KIR_MAX_INPUTS][RC_EXPR_MAX]; /* per input: its index expression */
-    bool all[PROTO_MAX_RANK], need[PROTO_MAX_RANK] = {false};
-    for (int d = 0; d < k->rank; d++)
+void kir__elementwise_index(const kir_kernel_t *k, char idx[][KIR__EXPR_MAX], bool *all,
+                            bool *need) {
+    for (int d = 0; d < k->rank; d++) {
         all[d] = true;
+        need[d] = false;
+    }
     for (int n = 0; n < k->nin; n++) {
         const kir_input_t *in = &k->in[n];
         if (kir__is_contiguous(k, in)) {
-            snprintf(idx[n], RC_EXPR_MAX, "%" PRId64 " + i", in->off);
+            snprintf(idx[n], KIR__EXPR_MAX, "%" PRId64 " + i", in->off);
             continue;
         }
-        kir__affine(idx[n], RC_EXPR_MAX, in, NULL, all, k->rank, k->shape);
+        kir__affine(idx[n], KIR__EXPR_MAX, in, NULL, all, k->rank, k->shape);
         for (int d = 0; d < k->rank; d++)
             need[d] |= in->strides[d] != 0;
     }
+}
+
+static void rc_loop_elementwise(kir__buf_t *b, const kir_kernel_t *k) {
+    char idx[KIR_MAX_INPUTS][RC_EXPR_MAX]; /* per input: its index expression */
+    bool all[PROTO_MAX_RANK], need[PROTO_MAX_RANK];
+    kir__elementwise_index(k, idx, all, need);
     char st[RC_EXPR_MAX + 64], v[32];
     snprintf(v, sizeof(v), "v%d", k->nvals - 1);
     pg_dtype_t rdt = k->vals[k->nvals - 1].dtype;

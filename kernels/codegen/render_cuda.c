@@ -201,19 +201,8 @@ static void cu_result(char *out, size_t cap, const kir_kernel_t *k, int j) {
 /* Elementwise: a grid-stride loop over output elements (the coalesced kernel, kir__coalesce). */
 static void cu_elementwise(kir__buf_t *b, const kir_kernel_t *k) {
     char idx[KIR_MAX_INPUTS][KIR__EXPR_MAX];
-    bool all[PROTO_MAX_RANK], need[PROTO_MAX_RANK] = {false};
-    for (int d = 0; d < k->rank; d++)
-        all[d] = true;
-    for (int n = 0; n < k->nin; n++) {
-        const kir_input_t *in = &k->in[n];
-        if (kir__is_contiguous(k, in)) {
-            snprintf(idx[n], KIR__EXPR_MAX, "%" PRId64 " + i", in->off);
-            continue;
-        }
-        kir__affine(idx[n], KIR__EXPR_MAX, in, NULL, all, k->rank, k->shape);
-        for (int d = 0; d < k->rank; d++)
-            need[d] |= in->strides[d] != 0;
-    }
+    bool all[PROTO_MAX_RANK], need[PROTO_MAX_RANK];
+    kir__elementwise_index(k, idx, all, need);
     char st[KIR__EXPR_MAX + 64];
     cu_result(st, sizeof(st), k, k->nvals - 1);
     kir__printf(b, "    const int64_t grid = (int64_t)gridDim.x * blockDim.x;\n"

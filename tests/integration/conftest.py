@@ -207,3 +207,13 @@ def transport(request):
 def url(daemon, transport):
     """The daemon fixture's URL for the parametrized transport."""
     return daemon.url(transport)
+
+
+@pytest.fixture
+def conn(daemon):
+    """A picograd connection to the daemon fixture, made the default one for the test (pg.tensor
+    and friends use it). Suites that talk raw requests define their own `conn`, which wins."""
+    import picograd as pg
+    c = pg.connect(daemon.unix_url, timeout=120)
+    yield c
+    c.close()

@@ -13,13 +13,6 @@ import picograd as pg
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture
-def conn(daemon):
-    c = pg.connect(daemon.unix_url, timeout=60)
-    yield c
-    c.close()
-
-
 def _pair(rng, *shape):
     a = rng.standard_normal(shape).astype(np.float32)
     return pg.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)

@@ -24,13 +24,6 @@ FULL = [{"op": "full", "shape": [2], "value": 1.5}]
 OUT = [{"node": 0, "keep": False}]
 
 
-@pytest.fixture
-def conn(daemon):
-    c = pg.connect(daemon.unix_url, timeout=60)
-    yield c
-    c.close()
-
-
 def f32(values):
     return np.asarray(values, np.float32).tobytes()
 

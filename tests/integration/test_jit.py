@@ -15,13 +15,6 @@ import picograd as pg
 from picograd.tensor import _commit
 
 
-@pytest.fixture
-def conn(daemon):
-    c = pg.connect(daemon.unix_url, timeout=60)
-    yield c
-    c.close()
-
-
 def make_step(w):
     def step(x, y):
         pred = (x * w).sum(dim=1)

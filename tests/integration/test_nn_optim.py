@@ -16,13 +16,6 @@ torch = pytest.importorskip("torch")
 tnn = torch.nn
 
 
-@pytest.fixture
-def conn(daemon):
-    c = pg.connect(daemon.unix_url, timeout=60)
-    yield c
-    c.close()
-
-
 def _sd(tmodule):
     return {k: v.detach().numpy().copy() for k, v in tmodule.state_dict().items()}
 

@@ -16,14 +16,6 @@ import picograd as pg
 import picograd.nn.functional as F
 
 
-@pytest.fixture
-def conn(daemon):
-    """A connection to a fresh daemon, made picograd's default for the test."""
-    c = pg.connect(daemon.unix_url, timeout=60)
-    yield c
-    c.close()
-
-
 def test_arithmetic_round_trip(conn):
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     x = pg.tensor(a)

@@ -18,13 +18,6 @@ torch = pytest.importorskip("torch")
 STEPS = 50
 
 
-@pytest.fixture
-def conn(daemon):
-    c = pg.connect(daemon.unix_url, timeout=120)
-    yield c
-    c.close()
-
-
 def mlp(nn):
     return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
 
