@@ -23,7 +23,9 @@
     XX(VERSION_MISMATCH, "version_mismatch", "the protocol version is not supported")            \
     XX(INTERNAL, "internal", "internal error")                                                    \
     XX(DISCONNECTED, "disconnected", "the connection to the daemon was lost")                    \
-    XX(NO_DEVICE, "no_device", "the device is not available in this daemon")
+    XX(NO_DEVICE, "no_device", "the device is not available in this daemon")                     \
+    XX(UNAUTHORIZED, "unauthorized", "this connection has not presented a valid token")          \
+    XX(TIMEOUT, "timeout", "the request ran past the daemon's time limit and was cancelled")
 
 /* Error codes. Functions return 0 or -PG_E<code>; PG_EDISCONNECTED is produced by clients only. */
 typedef enum {

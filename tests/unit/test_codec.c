@@ -377,6 +377,8 @@ TEST_IMPL(error_reply_roundtrip) {
     ASSERT_STR_EQ(proto_error_name(-PG_EBAD_FRAME), "bad_frame");
     ASSERT_STR_EQ(proto_error_name(9999), "internal");
     ASSERT_STR_EQ(proto_error_name(PG_ENO_DEVICE), "no_device"); /* appended: old values kept */
+    ASSERT_STR_EQ(proto_error_name(PG_EUNAUTHORIZED), "unauthorized");
+    ASSERT_STR_EQ(proto_error_name(PG_ETIMEOUT), "timeout");
     ASSERT_EQ(PG_EDISCONNECTED, 11);
     msgpack_unpacked_destroy(&up);
     msgpack_sbuffer_destroy(&sb);

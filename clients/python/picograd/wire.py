@@ -54,6 +54,9 @@ DAEMON_CODES = {
     "out_of_memory": "the daemon's memory budget cannot hold the request now",
     "version_mismatch": "hello asked for a protocol version the daemon does not speak",
     "no_device": "a device the daemon does not have or cannot run on (cuda without a GPU)",
+    "unauthorized": "no valid token: hello with the daemon's token first (TCP listeners); "
+    "the daemon closes the connection after the reply",
+    "timeout": "the request ran past the daemon's per-request time limit and was cancelled",
     "internal": "a bug or unexpected failure in the daemon; the request had no effect",
 }
 
