@@ -9,7 +9,9 @@
 #include "log.h"
 
 #ifdef PICOGRAD_HAVE_CUDA
+#include "../kernels/cuda/copy.h"
 #include "../kernels/cuda/load.h"
+#include "../kernels/cuda/module.h"
 #endif
 
 #include <stdio.h>
@@ -69,9 +71,7 @@ int dev_check(const dev_id_t *d, proto_err_t *err) {
     if (!cuda_available())
         return proto_fail(err, PG_ENO_DEVICE, "device '%s' (%.60s) is not available: %s",
                           d->text, di->name, cuda_unavailable_reason());
-    return proto_fail(err, PG_ENO_DEVICE,
-                      "device '%s' (%.60s) is present, but this daemon's CUDA runtime is not "
-                      "implemented yet: only 'cpu' runs", d->text, di->name);
+    return 0;
 #else
     return proto_fail(err, PG_ENO_DEVICE,
                       "device '%s' is not available: this picogradd was built without CUDA "
@@ -93,16 +93,23 @@ int dev_from_request(const msgpack_object *args, dev_id_t *out, proto_err_t *err
     return rc ? rc : dev_check(out, err);
 }
 
-void dev_init(void) {
+void dev_init(const char *cache_dir) {
 #ifdef PICOGRAD_HAVE_CUDA
     cuda_load();
+    cuda_module_init(cache_dir);
 #else
+    (void)cache_dir;
     log_info("cuda: not built (PICOGRAD_CUDA=OFF), serving the CPU only");
 #endif
 }
 
 void dev_shutdown(void) {
 #ifdef PICOGRAD_HAVE_CUDA
+    /* After every session is gone: no tensor holds device memory any more. */
+    cuda_module_shutdown();
+    cuda_copy_shutdown();
+    cuda_mem_trim();
+    cuda_ctx_release_all();
     cuda_unload();
 #endif
 }
@@ -133,8 +140,11 @@ void dev_pack_cuda(msgpack_packer *pk, int i) {
     msgpack_pack_array(pk, 2);
     msgpack_pack_uint32(pk, di ? (uint32_t)di->cc_major : 0);
     msgpack_pack_uint32(pk, di ? (uint32_t)di->cc_minor : 0);
-    proto_pack_cstr(pk, "ready"); /* the daemon can run on it: not until the CUDA runtime lands */
-    msgpack_pack_false(pk);
+    proto_pack_cstr(pk, "ready"); /* the daemon can run on it (drivers, NVRTC and cuBLAS loaded) */
+    if (cuda_available())
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
 #else
     (void)pk;
     (void)i;

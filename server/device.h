@@ -4,7 +4,7 @@
  * A request names a device with a string: "cpu", "cuda" (the first GPU) or "cuda:N". `put`, `run`
  * and `explain` take one in their optional field "device" (default "cpu"). The CPU always runs;
  * CUDA devices are those the driver lists when the backend was built (PICOGRAD_CUDA) and could be
- * loaded at start (kernels/cuda/load.c). Until the CUDA runtime exists, every CUDA device is
+ * loaded at start (kernels/cuda/load.c) with NVRTC and cuBLAS; any other CUDA device is
  * refused with `no_device` and a message that says why, so a client never gets a silent CPU
  * result for a GPU request.
  */
@@ -41,8 +41,9 @@ int dev_check(const dev_id_t *d, proto_err_t *err);
  * Returns 0, -PG_EBAD_REQUEST (not a string, malformed) or -PG_ENO_DEVICE, with err filled. */
 int dev_from_request(const msgpack_object *args, dev_id_t *out, proto_err_t *err);
 
-/* Loads the CUDA backend when it was built (logs what it found); call once at start. */
-void dev_init(void);
+/* Loads the CUDA backend when it was built (logs what it found), with its cubin cache under
+ * cache_dir (NULL: none); call once at start. */
+void dev_init(const char *cache_dir);
 /* Unloads it (at exit). */
 void dev_shutdown(void);
 

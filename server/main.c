@@ -11,6 +11,7 @@
 #include "../kernels/cpu/jit.h"
 #include "../kernels/ref/ref.h"
 #include "daemon.h"
+#include "cudarun.h"
 #include "device.h"
 #include "passes/fuse.h"
 #include "log.h"
@@ -338,13 +339,15 @@ int main(int argc, char **argv) {
     d->start_ns = uv_hrtime();
 
     ref_set_threads(d->cfg.threads);
-    dev_init(); /* the CUDA backend, when built: a machine without a GPU serves the CPU only */
+    if (!d->cfg.cache_dir) {
+        default_cache_dir(cache_dir, sizeof(cache_dir));
+        d->cfg.cache_dir = cache_dir;
+    }
+    /* The CUDA backend, when built: a machine without a GPU serves the CPU only. */
+    dev_init(d->cfg.cache_dir);
+    crun_init(); /* GPU runs: plans carry CUDA source when a GPU is there */
     prepcache_init(d->cfg.prepared_cache);
     if (d->cfg.jit) {
-        if (!d->cfg.cache_dir) {
-            default_cache_dir(cache_dir, sizeof(cache_dir));
-            d->cfg.cache_dir = cache_dir;
-        }
         /* A compiler that does not work is logged and leaves the interpreter in charge. */
         jit_init(d->cfg.cc, d->cfg.cache_dir);
     }

@@ -8,6 +8,7 @@
  */
 #include "../kernels/cpu/jit.h"
 #include "daemon.h"
+#include "cudarun.h"
 #include "device.h"
 #include "mem.h"
 #include "passes/lower.h"
@@ -240,7 +241,7 @@ int ops_put(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     size_t len;
     dev_id_t dev;
     int rc;
-    if ((rc = dev_from_request(r->args, &dev, err)) || /* only the CPU holds tensors today */
+    if ((rc = dev_from_request(r->args, &dev, err)) ||
         (rc = proto_get_dtype(r->args, "dtype", &dtype, err)) ||
         (rc = proto_get_shape(r->args, "shape", proto_dtype_size(dtype), dims, &rank, &numel,
                               &nbytes, err)) ||
@@ -261,7 +262,14 @@ int ops_put(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
                                   data[i]);
     }
 
-    tensor_t *t;
+    tensor_t *t = NULL;
+    if (dev.kind == DEV_CUDA) {
+        /* Copied to the GPU here, on the loop thread: a put waits for its copy (~10 GB/s). */
+        if ((rc = crun_put(r->sess, dev.index < 0 ? 0 : dev.index, dtype, rank, dims, numel, data,
+                           &t, err)) != 0)
+            return rc;
+        goto add;
+    }
     bool aligned = ((uintptr_t)data & 63) == 0;
     bool inside = data >= r->body && data + len <= r->body + r->len;
     if (nbytes > 0 && aligned && inside && r->block_bytes <= nbytes + OPS_ADOPT_SLACK) {
@@ -277,6 +285,7 @@ int ops_put(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
                           "no memory for a tensor of %llu bytes (%llu of %llu bytes in use)",
                           (unsigned long long)nbytes, (unsigned long long)mem_in_use(),
                           (unsigned long long)mem_limit());
+add:;
     uint64_t handle;
     if ((rc = sess_add(r->sess, t, &handle)) != 0)
         return proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for a new handle");
@@ -307,6 +316,13 @@ int ops_get(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         return proto_fail(err, PG_ETOO_LARGE,
                           "tensor %llu has %llu bytes; one frame carries under 4 GiB",
                           (unsigned long long)handle, (unsigned long long)t->nbytes);
+    tensor_t *host = NULL; /* a GPU tensor's bytes, copied to the host (on the loop thread) */
+    if (t->device != TENSOR_HOST) {
+        int rc = crun_to_host(r->sess, t, &host, err);
+        if (rc)
+            return rc;
+        t = host;
+    }
     proto_pack_reply_head(pk, 6, true, r->id, true);
     key(pk, "dtype");
     proto_pack_cstr(pk, proto_dtype_name(t->dtype));
@@ -332,6 +348,7 @@ int ops_get(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         r->tail_data = t->data;
         r->tail_len = n;
     }
+    tensor_unref(host);
     return 0;
 }
 

@@ -122,27 +122,26 @@ int plan_set_dump_cuda(const char *dir) {
     return 0;
 }
 
-/* Renders k for CUDA and writes it to dump_dir/<name>.cu unless a file of that name is there. */
-static void dump_cuda(const kir_kernel_t *k) {
-    char name[32], path[4096], tmp[4096];
-    char *src = kir_render_cuda(k, name, sizeof(name));
-    if (!src) {
-        log_warn("--dump-cuda: a kernel could not be rendered for CUDA");
-        return;
-    }
+static bool render_cuda; /* plan_set_cuda(true): plans carry their kernels' CUDA source */
+
+void plan_set_cuda(bool on) { render_cuda = on; }
+
+/* Writes a kernel's CUDA source to dump_dir/<name>.cu unless a file of that name is there. */
+static void dump_cuda(const char *name, const char *src) {
+    char path[4096], tmp[4096];
     int n = snprintf(path, sizeof(path), "%s/%s.cu", dump_dir, name);
     int m = snprintf(tmp, sizeof(tmp), "%s/.tmp-%ld-%" PRIu64 ".cu", dump_dir, (long)getpid(),
                      (uint64_t)atomic_fetch_add(&dump_seq, 1));
     if (n < 0 || (size_t)n >= sizeof(path) || m < 0 || (size_t)m >= sizeof(tmp)) {
         log_warn("--dump-cuda: the directory's path is too long");
-        goto out_free_src;
+        return;
     }
     if (access(path, F_OK) == 0)
-        goto out_free_src; /* already dumped (by name: the name is a hash of the source) */
+        return; /* already dumped (by name: the name is a hash of the source) */
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         log_warn("--dump-cuda: cannot create %s: %s", tmp, strerror(errno));
-        goto out_free_src;
+        return;
     }
     size_t len = strlen(src), off = 0;
     while (off < len) {
@@ -157,8 +156,6 @@ static void dump_cuda(const kir_kernel_t *k) {
         log_warn("--dump-cuda: cannot write %s: %s", path, strerror(errno));
         unlink(tmp);
     }
-out_free_src:
-    pg_free(src);
 }
 
 /* =============================================================================================
@@ -169,8 +166,10 @@ static void plan_free(plan_t *p) {
     if (!p)
         return;
     if (p->kern)
-        for (int32_t s = 0; s < p->fp.nsteps; s++)
+        for (int32_t s = 0; s < p->fp.nsteps; s++) {
             pg_free(p->kern[s].src);
+            pg_free(p->kern[s].cu_src);
+        }
     pg_free(p->kern);
     fuse_free(&p->fp);
     pg_free(p);
@@ -204,8 +203,14 @@ plan_t *plan_build(const graph_t *g, const int32_t *out_id, uint32_t no, bool co
         if (st->kind != FUSE_STEP_KERNEL)
             continue;
         pk->src = kir_render_c(st->kernel, pk->name, sizeof(pk->name));
-        if (dump_dir)
-            dump_cuda(st->kernel);
+        if (render_cuda || dump_dir) {
+            pk->cu_src = kir_render_cuda(st->kernel, pk->cu_name, sizeof(pk->cu_name));
+            if (!pk->cu_src)
+                log_warn("plan: kernel for node %d could not be rendered for CUDA",
+                         (int)st->node);
+            else if (dump_dir)
+                dump_cuda(pk->cu_name, pk->cu_src);
+        }
         if (!pk->src) {
             /* The renderer refuses kernels it cannot express; the interpreter can. */
             log_warn("plan: kernel for node %d could not be rendered; interpreting this graph",

@@ -23,6 +23,8 @@ typedef struct {
     char name[32];                     /* "pg_k_" + 16 hex digits */
     char *src;                         /* the C source (owned) */
     kir_fn_t fn;                       /* compiled; NULL when the plan was not compiled */
+    char cu_name[32];                  /* "pg_cu_" + 16 hex digits (plan_set_cuda) */
+    char *cu_src;                      /* the CUDA source (owned), NULL when not rendered */
 } plan_kernel_t;
 
 typedef struct plan {
@@ -67,6 +69,10 @@ plan_t *plan_get(const graph_t *g, const int32_t *out_id, uint32_t no, bool ever
  * suites with NVRTC without a GPU (tests/unit/test_nvrtc.c).
  */
 int plan_set_dump_cuda(const char *dir);
+
+/* With on, every plan built from now on also carries its kernels' CUDA source (cu_name,
+ * cu_src), for runs on a GPU (server/cudarun.c). Call at start, when a GPU can be used. */
+void plan_set_cuda(bool on);
 
 /* Drops a reference; the last one frees the plan. NULL is ignored. */
 void plan_release(plan_t *p);

@@ -38,6 +38,7 @@
 #include "../kernels/ref/ref.h"
 #include "../kernels/ref/ref_impl.h"
 #include "daemon.h"
+#include "cudarun.h"
 #include "device.h"
 #include "graph/graph.h"
 #include "log.h"
@@ -178,18 +179,8 @@ static void kernel_chunk(void *arg, uint64_t begin, uint64_t end) {
 /* Runs a reduction split into blocks (kir.h kir_split_blocks): one unit per (output, block) on
  * the threads, then each output folds its blocks' values in order, as the interpreter does
  * (kernels/ref/reduce.c), and rounds once to the output's dtype. */
-static int run_split(const kir_kernel_t *k, kir_fn_t fn, void **bufs, tensor_t *out, int64_t nb,
-                     proto_err_t *err) {
-    uint64_t nout = kir_out_numel(k), units = nout * (uint64_t)nb, iter = 1;
-    for (int d = 0; d < k->rank; d++)
-        iter *= (uint64_t)k->shape[d];
-    double *part = pg_calloc_array(units, sizeof(double));
-    if (!part)
-        return proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for %llu partial results",
-                          (unsigned long long)units);
-    bufs[0] = part;
-    kctx_t c = {fn, bufs};
-    ref__parallel_for(units, iter / units ? iter / units : 1, kernel_chunk, &c);
+void run_combine_split(const kir_kernel_t *k, const double *part, int64_t nb, tensor_t *out) {
+    uint64_t nout = kir_out_numel(k);
     bool extreme = k->reduce == PRIM_max || k->reduce == PRIM_min;
     for (uint64_t o = 0; o < nout; o++) {
         const double *p = &part[o * (uint64_t)nb];
@@ -209,6 +200,21 @@ static int run_split(const kir_kernel_t *k, kir_fn_t fn, void **bufs, tensor_t *
         }
         ref__st_f(out->data, out->dtype, (int64_t)o, extreme && nan ? (double)NAN : tot);
     }
+}
+
+static int run_split(const kir_kernel_t *k, kir_fn_t fn, void **bufs, tensor_t *out, int64_t nb,
+                     proto_err_t *err) {
+    uint64_t nout = kir_out_numel(k), units = nout * (uint64_t)nb, iter = 1;
+    for (int d = 0; d < k->rank; d++)
+        iter *= (uint64_t)k->shape[d];
+    double *part = pg_calloc_array(units, sizeof(double));
+    if (!part)
+        return proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for %llu partial results",
+                          (unsigned long long)units);
+    bufs[0] = part;
+    kctx_t c = {fn, bufs};
+    ref__parallel_for(units, iter / units ? iter / units : 1, kernel_chunk, &c);
+    run_combine_split(k, part, nb, out);
     pg_free(part);
     return 0;
 }
@@ -306,6 +312,25 @@ static int run_kernel(const graph_t *g, const fuse_step_t *st, kir_fn_t fn, ref_
  * run
  * =========================================================================================== */
 
+/* An interpreted step of a CPU run. An input node whose tensor is on a GPU reads a host copy
+ * of it (a run's inputs are copied to the run's device, PROTOCOL.md). */
+static int run_input_or_eval(sess_t *sess, const graph_t *g, int32_t i, tensor_t *bound,
+                             ref_view_t *vals, proto_err_t *err) {
+    const gnode_t *n = &g->nodes[i];
+    tensor_t *t = n->op == PRIM_input ? (bound ? bound : n->tensor) : NULL;
+    if (!t)
+        return ref_eval(g, i, vals, err);
+    if (t->device == TENSOR_HOST)
+        return ref_eval_input(g, i, t, vals, err);
+    tensor_t *h = NULL;
+    int rc = crun_to_host(sess, t, &h, err);
+    if (rc == 0) {
+        rc = ref_eval_input(g, i, h, vals, err);
+        tensor_unref(h);
+    }
+    return rc;
+}
+
 /* Logs the explain text of a plan that was just built (at --log-level debug). */
 static void log_plan(const plan_t *plan, const graph_t *g) {
     if (!log_enabled(LOG_DEBUG))
@@ -391,16 +416,21 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     uint64_t *handles = NULL;
     ref_view_t *vals = NULL;
     uint32_t added = 0;
+    plan_t *gplan = NULL;    /* a GPU run's plan (every loop fused) */
+    crun_t gr;               /* a GPU run's state, between crun_begin and crun_end */
+    bool gr_started = false;
     bool bad_free;
     const msgpack_object *frees = free_list(r, err, &bad_free);
     int rc = bad_free ? -err->code : 0;
     if (bad_free)
         goto out;
-    /* Where the run executes: only the CPU today (device.c refuses the rest with no_device).
-     * A device other than the CPU will have to be part of the prepared and plan cache keys. */
+    /* Where the run executes. A GPU run walks its own plan, which has every loop fused (there
+     * is no interpreter on the device: an unfused elementwise op would cost a host round trip). */
     dev_id_t dev;
     if ((rc = dev_from_request(r->args, &dev, err)) != 0)
         goto out;
+    bool on_gpu = dev.kind == DEV_CUDA;
+    int gpu = dev.index < 0 ? 0 : dev.index;
 
     /* A request seen before (but for its handles) skips lowering and planning. */
     if (prepcache_enabled()) {
@@ -439,7 +469,17 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     /* The schedule: a cached plan with compiled kernels, or one interpreter step per needed
      * node (--jit off, no compiler, or a plan whose kernels did not compile). A prepared
      * request kept both; a new one gets them now, and only then is cached (immutable). */
-    if (hit) {
+    if (on_gpu) {
+        bool built = false;
+        if (!(gplan = plan_get(g, e->out_id, nall, true, &built, err))) {
+            rc = -err->code;
+            goto out;
+        }
+        if (built)
+            log_plan(gplan, g);
+        /* A new entry is not cached: a cached one carries the CPU's schedule, which a later
+         * CPU run of the same request would expect. */
+    } else if (hit) {
         if (e->plan)
             plan_count_hit();
     } else {
@@ -461,9 +501,12 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         }
         prepcache_put(e);
     }
-    const plan_t *plan = e->plan && e->plan->compiled ? e->plan : NULL;
+    const plan_t *plan = on_gpu ? gplan : e->plan && e->plan->compiled ? e->plan : NULL;
     const fuse_plan_t *fp = plan ? &plan->fp : &e->local;
     run_lap(phase_ns, &phase, &mark); /* plan */
+    if (on_gpu && (rc = crun_begin(&gr, r->sess, gpu, vals, err)) != 0)
+        goto out;
+    gr_started = on_gpu;
 
     /* Each step reads earlier steps' values; a value is released after its last reader, so the
      * memory a run holds at once is its live set, not its whole graph. */
@@ -475,12 +518,13 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
             goto out;
         }
         uint64_t t0 = profile ? uv_hrtime() : 0;
-        if (st->kind == FUSE_STEP_KERNEL)
+        tensor_t *in_t = bound && bound[st->node] ? bound[st->node] : NULL;
+        if (on_gpu)
+            rc = crun_step(&gr, g, plan, s, in_t, run_kernel, err);
+        else if (st->kind == FUSE_STEP_KERNEL)
             rc = run_kernel(g, st, plan->kern[s].fn, vals, err);
-        else if (bound && bound[st->node])
-            rc = ref_eval_input(g, st->node, bound[st->node], vals, err);
         else
-            rc = ref_eval(g, st->node, vals, err);
+            rc = run_input_or_eval(r->sess, g, st->node, in_t, vals, err);
         if (profile) /* where a slow run spends its time: --log-level debug */
             log_debug("run: step %d %s %%%d %s: %.1f us", (int)s,
                       st->kind == FUSE_STEP_KERNEL ? "kernel" : "interp", (int)st->node,
@@ -492,9 +536,19 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         for (int32_t q2 = 0; q2 < st->nrelease; q2++)
             ref_view_release(&vals[st->release[q2]]);
     }
-    for (uint32_t k = 0; k < nall; k++)
-        if ((rc = ref_materialize(&vals[e->out_id[k]], &res[k], err)) != 0)
+    for (uint32_t k = 0; k < nall; k++) {
+        /* On a GPU, what stays in the session (kept outputs, assigned state) stays there;
+         * outputs sent back inline come to the host. */
+        rc = on_gpu ? crun_output(&gr, e->out_id[k], k >= no || e->keep[k], &res[k], err)
+                    : ref_materialize(&vals[e->out_id[k]], &res[k], err);
+        if (rc != 0)
             goto out;
+    }
+    if (gr_started) {
+        gr_started = false;
+        if ((rc = crun_end(&gr, err)) != 0)
+            goto out;
+    }
     run_lap(phase_ns, &phase, &mark); /* execute */
 
     /* Commit: only now does the session change. The kept handles first (the only step that can
@@ -526,6 +580,11 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     added = 0; /* the handles are the client's now */
 
 out:
+    if (gr_started) {
+        proto_err_t ignored;
+        crun_end(&gr, &ignored); /* the run failed already: only wait and drop its copies */
+    }
+    plan_release(gplan);
     if (phase < STATS_RUN_PHASE_COUNT)
         run_lap(phase_ns, &phase, &mark); /* the phase an error cut short */
     for (uint32_t k = 0; k < added; k++)

@@ -9,6 +9,8 @@ void sess_init(sess_t *s, uint64_t id) {
     htab_init(&s->tensors);
     s->bytes = 0;
     s->requests = 0;
+    s->cuda = NULL;
+    s->cuda_free = NULL;
 }
 
 static void drop_one(void *val, void *arg) {
@@ -20,6 +22,10 @@ void sess_clear(sess_t *s) {
     htab_each(&s->tensors, drop_one, NULL);
     htab_free(&s->tensors);
     s->bytes = 0;
+    if (s->cuda_free)
+        s->cuda_free(s->cuda); /* after the tensors: their buffers' work is on its streams */
+    s->cuda = NULL;
+    s->cuda_free = NULL;
 }
 
 int sess_add(sess_t *s, tensor_t *t, uint64_t *handle) {

@@ -20,6 +20,8 @@ typedef struct {
     htab_t tensors;       /* handle -> tensor_t* (one reference each) */
     uint64_t bytes;       /* storage bytes of this session's tensors */
     uint64_t requests;    /* requests answered */
+    void *cuda;           /* its CUDA streams and cuBLAS handles (cudarun.c), NULL until used */
+    void (*cuda_free)(void *cuda); /* frees them (set with cuda) */
 } sess_t;
 
 /* Prepares an empty session. */

@@ -5,6 +5,10 @@
 
 #include "mem.h"
 
+#ifdef PICOGRAD_HAVE_CUDA
+#include "../kernels/cuda/devmem.h"
+#endif
+
 #include <string.h>
 
 static atomic_uint_fast64_t live_tensors;
@@ -15,6 +19,7 @@ static tensor_t *tensor_alloc(pg_dtype_t dtype, int rank, const int64_t *shape, 
         return NULL;
     memset(t, 0, sizeof(*t));
     atomic_init(&t->refs, 1);
+    t->device = TENSOR_HOST;
     t->dtype = dtype;
     t->rank = rank;
     if (rank > 0)
@@ -52,6 +57,31 @@ tensor_t *tensor_adopt(pg_dtype_t dtype, int rank, const int64_t *shape, uint64_
     return t;
 }
 
+tensor_t *tensor_new_cuda(int dev, pg_dtype_t dtype, int rank, const int64_t *shape,
+                          uint64_t numel, proto_err_t *err) {
+#ifdef PICOGRAD_HAVE_CUDA
+    tensor_t *t = tensor_alloc(dtype, rank, shape, numel);
+    if (!t) {
+        proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for a tensor");
+        return NULL;
+    }
+    t->device = dev;
+    t->block_bytes = t->nbytes;
+    CUdeviceptr p = 0;
+    if (t->nbytes && cuda_mem_alloc(dev, t->nbytes, &p, err) != 0) {
+        t->device = TENSOR_HOST;
+        tensor_unref(t);
+        return NULL;
+    }
+    t->dptr = (uint64_t)p;
+    return t;
+#else
+    (void)dtype, (void)rank, (void)shape, (void)numel;
+    proto_fail(err, PG_ENO_DEVICE, "device 'cuda:%d' is not available: no CUDA backend", dev);
+    return NULL;
+#endif
+}
+
 tensor_t *tensor_ref(tensor_t *t) {
     atomic_fetch_add(&t->refs, 1);
     return t;
@@ -60,7 +90,12 @@ tensor_t *tensor_ref(tensor_t *t) {
 void tensor_unref(tensor_t *t) {
     if (!t || atomic_fetch_sub(&t->refs, 1) != 1)
         return;
-    mem_data_free(t->block, t->block_bytes);
+#ifdef PICOGRAD_HAVE_CUDA
+    if (t->device != TENSOR_HOST)
+        cuda_mem_free(t->device, (CUdeviceptr)t->dptr, t->nbytes);
+    else
+#endif
+        mem_data_free(t->block, t->block_bytes);
     pg_free(t);
     atomic_fetch_sub(&live_tensors, 1);
 }

@@ -22,8 +22,13 @@ typedef struct tensor {
     uint64_t nbytes;                 /* numel * itemsize */
     uint8_t *data;                   /* nbytes bytes, 64-byte aligned; NULL when nbytes == 0 */
     void *block;                     /* the mem_data_alloc block that holds data (owned) */
-    uint64_t block_bytes;            /* its reserved size */
+    uint64_t block_bytes;            /* its reserved size (device tensors: nbytes) */
+    int device;                      /* TENSOR_HOST, or the CUDA device the storage is on */
+    uint64_t dptr;                   /* device tensors: the device buffer (a CUdeviceptr);
+                                      * data and block are NULL then */
 } tensor_t;
+
+#define TENSOR_HOST (-1)
 
 /* Returns a new tensor with one reference and uninitialised storage, or NULL when the memory
  * budget or the system refuses. Unref with tensor_unref(). */
@@ -33,6 +38,13 @@ tensor_t *tensor_new(pg_dtype_t dtype, int rank, const int64_t *shape, uint64_t 
  * mem_data_alloc block of block_bytes). Takes ownership of block, also on failure (NULL). */
 tensor_t *tensor_adopt(pg_dtype_t dtype, int rank, const int64_t *shape, uint64_t numel,
                        void *block, uint64_t block_bytes, uint8_t *data);
+
+/* Returns a new tensor with one reference and uninitialised storage on CUDA device dev
+ * (kernels/cuda/devmem.h: outside --max-memory, which budgets host memory), or NULL with err
+ * filled (out_of_memory when the device is full). Unref with tensor_unref(). Without the CUDA
+ * backend it always fails with no_device. */
+tensor_t *tensor_new_cuda(int dev, pg_dtype_t dtype, int rank, const int64_t *shape,
+                          uint64_t numel, proto_err_t *err);
 
 /* Adds a reference; returns t. */
 tensor_t *tensor_ref(tensor_t *t);

@@ -42,7 +42,7 @@ static void *open_first(const char *const *names, const char **which) {
 }
 
 /* The words for a driver error: "CUDA_ERROR_NO_DEVICE". */
-static const char *cu_err(CUresult r) {
+const char *cuda_error_name(CUresult r) {
     const char *s = NULL;
     if (drv.cuGetErrorName && drv.cuGetErrorName(r, &s) == CUDA_SUCCESS && s)
         return s;
@@ -106,13 +106,13 @@ err_close:
 static int list_devices(void) {
     CUresult r = drv.cuInit(0);
     if (r != CUDA_SUCCESS) {
-        snprintf(why, sizeof(why), "the CUDA driver found no usable GPU (cuInit: %s)", cu_err(r));
+        snprintf(why, sizeof(why), "the CUDA driver found no usable GPU (cuInit: %s)", cuda_error_name(r));
         return 0;
     }
     int n = 0;
     if ((r = drv.cuDeviceGetCount(&n)) != CUDA_SUCCESS || n <= 0) {
         snprintf(why, sizeof(why), "the CUDA driver lists no GPU (cuDeviceGetCount: %s)",
-                 r != CUDA_SUCCESS ? cu_err(r) : "0 devices");
+                 r != CUDA_SUCCESS ? cuda_error_name(r) : "0 devices");
         return 0;
     }
     if (n > CUDA_MAX_DEVICES) {
@@ -134,7 +134,7 @@ static int list_devices(void) {
                                           CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)) !=
                 CUDA_SUCCESS) {
             snprintf(why, sizeof(why), "the CUDA driver cannot describe device %d (%s)", i,
-                     cu_err(r));
+                     cuda_error_name(r));
             return 0;
         }
         di->name[CUDA_NAME_MAX - 1] = '\0';

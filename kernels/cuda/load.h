@@ -125,6 +125,9 @@ const char *cuda_unavailable_reason(void);
 const cuda_driver_t *cuda_driver(void);
 const cuda_cublas_t *cuda_cublas(void);
 
+/* The driver's name of an error code ("CUDA_ERROR_OUT_OF_MEMORY"); a static string. */
+const char *cuda_error_name(CUresult r);
+
 /* Closes every library cuda_load() opened (at shutdown). */
 void cuda_unload(void);
 

@@ -34,6 +34,11 @@ DAEMON_BIN = Path(os.environ.get("PICOGRAD_DAEMON", REPO_ROOT / "build" / "bin" 
 # that every loop of them runs as a compiled kernel instead of the interpreter.
 DAEMON_ARGS = os.environ.get("PICOGRAD_TEST_DAEMON_ARGS", "").split()
 
+# PICOGRAD_TEST_DEVICE=cuda:0 runs the suites with every tensor made on that device
+# (pg.set_default_device): tests/bench/gpu.sh on a GPU machine, and deploy/test.sh on the
+# stand-in driver (with PICOGRAD_CUDA_HOST_KERNELS=1, see server/cudarun.h).
+TEST_DEVICE = os.environ.get("PICOGRAD_TEST_DEVICE") or None
+
 READY_TIMEOUT = 10.0  # seconds for a daemon to log all of its "listening on" lines
 EXIT_TIMEOUT = 15.0   # seconds for a daemon to exit after SIGTERM (covers --shutdown-timeout)
 
@@ -165,6 +170,20 @@ class Daemon:
         self.check_log()
         if self.expect_clean_exit and was_running:
             assert rc == 0, f"picogradd exited with {rc} after SIGTERM:\n{self.log()}"
+
+
+@pytest.fixture(autouse=True)
+def _test_device():
+    """Every test's creation functions make tensors on PICOGRAD_TEST_DEVICE when it is set."""
+    if TEST_DEVICE is None:
+        yield
+        return
+    import picograd as pg
+    pg.set_default_device(TEST_DEVICE)
+    try:
+        yield
+    finally:
+        pg.set_default_device(None)
 
 
 @pytest.fixture

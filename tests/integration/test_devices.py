@@ -280,7 +280,7 @@ def fake_gpu_daemon(daemon_factory, monkeypatch):
     return daemon_factory()
 
 
-def test_fake_driver_lists_gpus_and_still_refuses_them(fake_gpu_daemon):
+def test_fake_driver_lists_gpus(fake_gpu_daemon):
     c = pg.connect(fake_gpu_daemon.unix_url, timeout=60)
     try:
         log = fake_gpu_daemon.log()
@@ -291,28 +291,28 @@ def test_fake_driver_lists_gpus_and_still_refuses_them(fake_gpu_daemon):
         assert d0["model"].startswith("Fake GPU 0") and d1["model"].startswith("Fake GPU 1")
         assert (d0["memory"], d1["memory"]) == (40 << 30, 80 << 30)
         assert (d0["compute_capability"], d1["compute_capability"]) == ([8, 0], [9, 0])
-        assert d0["ready"] is False and d1["ready"] is False
         assert [d["name"] for d in pg.cuda.devices()] == ["cuda:0", "cuda:1"]
         assert pg.cuda.get_device_name(1).startswith("Fake GPU 1")
         assert pg.cuda.get_device_capability("cuda:0") == (8, 0)
-        assert pg.cuda.is_available() is False and pg.cuda.device_count() == 0
-
-        # Present devices: refused, because the runtime is not implemented (said plainly).
-        for dev in ("cuda", "cuda:0", "cuda:1"):
-            with pytest.raises(PicogradError) as ei:
-                c.call("run", nodes=FULL, outputs=OUT, device=dev)
-            assert_no_device(ei.value, dev)
-            if "cuda: 2 device(s); NVRTC" in log:  # everything loaded: only the runtime lacks
-                assert "is present, but this daemon's CUDA runtime is not implemented yet" \
-                    in ei.value.message
-            else:  # NVRTC or cuBLAS missing: the message says which
+        if "cuda: 2 device(s); NVRTC" in log:  # NVRTC and cuBLAS loaded: ready to run
+            assert d0["ready"] is True and d1["ready"] is True
+            assert pg.cuda.is_available() is True and pg.cuda.device_count() == 2
+            # A run without kernels (a creation node): device memory works on the stand-in.
+            reply = c.call("run", nodes=FULL, outputs=OUT, device="cuda:1")
+            assert np.frombuffer(reply["outputs"][0]["data"], np.float32).tolist() == [1.5, 1.5]
+        else:  # NVRTC or cuBLAS missing: listed, refused, and the message says which
+            assert d0["ready"] is False and d1["ready"] is False
+            for dev in ("cuda", "cuda:0", "cuda:1"):
+                with pytest.raises(PicogradError) as ei:
+                    c.call("run", nodes=FULL, outputs=OUT, device=dev)
+                assert_no_device(ei.value, dev)
                 assert "is not available: " in ei.value.message
         # Devices past the last: do not exist.
         with pytest.raises(PicogradError) as ei:
             c.call("put", dtype="float32", shape=[1], data=f32([1]), device="cuda:7")
         assert ei.value.message == "device 'cuda:7' does not exist: this daemon has 2 CUDA devices"
         with pytest.raises(PicogradError) as ei:
-            pg.zeros(2, device="cuda:0")
+            pg.zeros(2, device="cuda:7")
         assert ei.value.code == "no_device"
         assert_serving(c)
     finally:

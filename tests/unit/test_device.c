@@ -86,7 +86,7 @@ static int from_request(int kind, const char *s, dev_id_t *d, proto_err_t *err) 
 }
 
 TEST_IMPL(request_field) {
-    dev_init();
+    dev_init(NULL);
     dev_id_t d;
     proto_err_t err = {0};
     ASSERT_EQ(from_request(0, NULL, &d, &err), 0); /* absent: the CPU */

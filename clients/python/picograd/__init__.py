@@ -37,7 +37,7 @@ from . import dtypes
 from .dtypes import DType, as_dtype, float32, float64, int32, int64
 from .dtypes import bool_ as bool  # pg.bool, as torch.bool (hides the builtin in here only)
 from .shapes import DimError, ShapeError, Size
-from .devices import device
+from .devices import device, get_default_device, set_default_device
 from .tensor import Tensor, explain
 from .functional import *  # noqa: F401,F403  (pg.zeros, pg.cat, pg.exp, ...)
 from .functional import abs, all, any, max, min, pow, sum  # noqa: F401  (not in * on purpose)

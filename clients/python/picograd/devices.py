@@ -15,7 +15,7 @@ import re
 
 from .wire import PicogradError
 
-__all__ = ["device", "as_device", "CPU"]
+__all__ = ["device", "as_device", "CPU", "set_default_device", "get_default_device"]
 
 _SPEC = re.compile(r"(cpu|cuda)(?::(0|[1-9][0-9]{0,8}))?")
 
@@ -89,6 +89,21 @@ class device:
 
 
 CPU = device("cpu")
+
+
+_default = None  # set_default_device's device; None: the CPU
+
+
+def set_default_device(d):
+    """Where creation functions (pg.tensor, pg.zeros, pg.randn, ..., and so nn layers' parameters)
+    make tensors when no ``device=`` is given, as torch.set_default_device. None: the CPU."""
+    global _default
+    _default = None if d is None else as_device(d)
+
+
+def get_default_device():
+    """The device creation functions use by default (pg.device("cpu") unless set)."""
+    return CPU if _default is None else _default
 
 
 def as_device(d):

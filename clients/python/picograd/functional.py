@@ -23,7 +23,7 @@ import operator
 import threading
 
 from . import dtypes, shapes
-from .devices import CPU, as_device
+from .devices import CPU, as_device, get_default_device
 from .dtypes import as_dtype
 from .tensor import (Tensor, _binary, _node, _operand, _scalar_value, as_tensor, flush,
                      from_numpy, matmul, realize, tensor, where)
@@ -67,16 +67,32 @@ def _fill(value, dtype):
     return builtins.int(value)
 
 
+def _device_ready(dev):
+    """True when the default connection's daemon lists ``dev`` as a device it runs on (hello's
+    ``ready``): then a tensor made there can stay pending like a CPU one."""
+    from .client import default_connection
+    from .cuda import _ready
+    from .wire import PicogradError
+    name = f"cuda:{dev.index or 0}" if dev.type == "cuda" else str(dev)
+    try:
+        return builtins.any(d.get("name") == name for d in _ready(default_connection()))
+    except PicogradError:  # no daemon to ask: realizing says why
+        return False
+
+
 def _made(t, requires_grad, device):
     """The creation functions' common keywords: ``requires_grad`` makes the new tensor a leaf
     that backward() fills (floats only); ``device`` ("cpu", "cuda", "cuda:N", a pg.device)
     says where it is made. On the CPU (the default) the node stays pending, as ever; on any
     other device it runs at once, on that device, so that a device the daemon does not have
-    raises the daemon's no_device error at the line that asked for it, as torch would."""
-    dev = as_device(device)
+    raises the daemon's no_device error at the line that asked for it, as torch would (a device
+    hello lists as ready stays pending, as on the CPU). No
+    ``device``: pg.get_default_device()."""
+    dev = as_device(device) if device is not None else get_default_device()
     if dev != CPU:
         t._dev = str(dev)
-        t.realize()
+        if not _device_ready(dev):
+            t.realize()
     return t.requires_grad_() if requires_grad else t
 
 

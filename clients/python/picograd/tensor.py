@@ -48,7 +48,7 @@ import numpy as np
 
 from . import dtypes, shapes
 from .client import default_connection
-from .devices import CPU, as_device, device
+from .devices import CPU, as_device, device, get_default_device
 from .dtypes import as_dtype
 from .shapes import DimError, ShapeError, Size
 from .wire import PicogradError
@@ -1071,7 +1071,10 @@ def _node(op, inputs, attrs, shape, dtype):
     mutable = False
     dev = None
     for t in inputs:
-        if t._dev is not None or dev is not None:
+        # As in torch, a 0-d CPU tensor (a Python scalar's constant) goes with any device.
+        if t._dev is None and t._shape == ():
+            pass
+        elif t._dev is not None or dev is not None:
             if dev is not None and t._dev != dev:
                 raise RuntimeError(f"{op}: expected all tensors to be on the same device, but "
                                    f"found {dev} and {t._dev or 'cpu'}")
@@ -1943,7 +1946,7 @@ def tensor(data, dtype=None, requires_grad=False, conn=None, device=None):
     (uint8, float16, ...) raise PicogradError("bad_dtype"). ``requires_grad`` makes it a leaf
     whose gradient backward() computes (float dtypes only, checked before anything is sent).
     """
-    dev = as_device(device)
+    dev = as_device(device) if device is not None else get_default_device()
     if isinstance(data, Tensor):
         # A copy of the value, without autograd history (as torch.tensor(t)).
         out = data.detach().clone() if dtype is None else data.detach().to(dtype)

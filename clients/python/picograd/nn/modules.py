@@ -18,6 +18,8 @@ import itertools
 import math
 import operator
 
+import weakref
+
 import numpy as np
 
 from .. import dtypes, shapes
@@ -88,6 +90,15 @@ def _as_value(name, value, like):
     if t.dtype is not like.dtype:
         t = t.to(like.dtype)
     return t
+
+
+def _move_in_place(t, dev):
+    """Makes Tensor t name a copy of its value on ``dev`` (the daemon copies; t keeps its
+    identity, its requires_grad and its place in any optimizer)."""
+    moved = t.to(dev)
+    t._buf, t._dev, t._val = moved._buf, moved._dev, None
+    if t._rg == 1:  # a leaf an optimizer may assign to: readers are tracked per buffer
+        t._buf.readers = weakref.WeakValueDictionary()
 
 
 class Module:
@@ -260,10 +271,11 @@ class Module:
                 p._grad = None if set_to_none else _f.zeros(p.shape, dtype=p.dtype)
 
     def to(self, *args, **kwargs):
-        """Moves the module to a device: to("cpu") (where every module is) returns it as it is;
-        to("cuda") and other devices ask the daemon to copy each parameter and buffer there,
-        and raise its error (no_device) when it cannot, rather than leave them on the CPU.
-        A dtype among the arguments is ignored, as before (modules keep their dtypes)."""
+        """Moves the module to a device, in place, as torch's: every parameter and buffer (and
+        a parameter's .grad) is copied there by the daemon and the same Tensor objects now name
+        the copies, so an optimizer made before still holds them. A device the daemon does not
+        have raises its no_device error. A dtype among the arguments is ignored (modules keep
+        their dtypes)."""
         dev = kwargs.get("device")
         for a in args:
             if isinstance(a, (str, device)) and not _dtype_name(a) or (
@@ -271,20 +283,20 @@ class Module:
                 dev = a
             elif isinstance(a, Tensor):
                 dev = a.device
-        dev = as_device(dev)
-        if dev == CPU:
+        if dev is None:
             return self
+        dev = as_device(dev)
         realize_lazy()
         tensors = list(self.parameters()) + list(self.buffers())
-        if not tensors:
+        if not tensors and dev != CPU:
             # Nothing to move, but the device must exist: an empty tensor asks the daemon.
             _tensor(np.zeros(0, np.float32), device=dev)
         for t in tensors:
             if t.device != dev:
-                t.to(dev)  # raises the daemon's no_device
-        # Moving parameters in place (optimizers hold them) waits for the CUDA runtime.
-        raise NotImplementedError(f"moving a module's parameters to {dev} is not implemented "
-                                  "by this client yet")
+                _move_in_place(t, dev)
+            if t._grad is not None and t._grad.device != dev:
+                t._grad = t._grad.to(dev)
+        return self
 
     def cuda(self, device=None):
         return self.to(as_device("cuda" if device is None else device))
