@@ -481,6 +481,8 @@ def test_kill9_during_kernel_cache_writes(daemon_factory, tmp_path):
         assert not others, f"round {rnd} (seed {seed}): not cache entries: {others}"
         assert set(entries) <= set(now), (rnd, seed, entries, now)
         with picograd.Connection(d.unix_url, timeout=TIMEOUT) as c:
+            if not c.server_info["devices"][0]["jit"]:
+                pytest.skip("no working C compiler: the daemon interprets, there is no cache")
             k0 = c.stats()["kernels"]
             # Every graph of the earlier rounds (those the killed daemon never reached included)
             # gives its right value; every entry found is loaded from disk (the probe kernel's
