@@ -27,6 +27,11 @@
  *  - The compiler runs by posix_spawnp with an argument vector (no shell), stdout and stderr to a
  *    file in the cache directory; an error reply quotes its first "error" line with the temporary
  *    file's path replaced by the kernel's name.
+ *  - Temporary files are named .tmp-<pid>-*, never <name>-<key16>.so, so a lookup cannot take
+ *    one for an entry. A daemon killed mid-compile leaves its .c and .err behind, and its
+ *    compiler, which outlives it, still writes the .so that nobody renames: jit_init removes
+ *    the temporary files of processes that no longer exist (or that are a day old, for a
+ *    directory shared across PID namespaces), so a crash loop cannot fill the disk.
  */
 #include "jit.h"
 
@@ -40,6 +45,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -432,6 +438,51 @@ static int jit_choose_dir(const char *cache_dir) {
     return 0;
 }
 
+/* Seconds after which another process's temporary file is stale even when its pid is in use:
+ * no compile takes a day, and a pid seen from another PID namespace may belong to anyone. */
+#define JIT_STALE_TMP_SECONDS (24 * 3600)
+
+/* True when a temporary file of process pid, last modified at mtime, can go: its process is
+ * gone (kill(pid, 0) answers ESRCH; EPERM means it exists under another user), or the file is
+ * JIT_STALE_TMP_SECONDS old. Our own files are never stale. */
+static bool jit_tmp_stale(long pid, time_t mtime) {
+    if (pid == (long)getpid())
+        return false;
+    if (pid <= 0 || pid > INT32_MAX || (kill((pid_t)pid, 0) != 0 && errno == ESRCH))
+        return true;
+    return time(NULL) - mtime > JIT_STALE_TMP_SECONDS;
+}
+
+/* Removes the temporary files (.tmp-<pid>-*) that daemons killed mid-compile left in jit.dir. A
+ * file that vanishes meanwhile (another daemon cleaning up too) is not an error. */
+static void jit_remove_stale_tmp(void) {
+    DIR *d = opendir(jit.dir);
+    if (!d)
+        return;
+    struct dirent *ent;
+    char p[JIT_PATH_MAX + 256];
+    unsigned removed = 0;
+    while ((ent = readdir(d)) != NULL) {
+        if (strncmp(ent->d_name, ".tmp-", 5) != 0)
+            continue;
+        char *end;
+        errno = 0;
+        long pid = strtol(ent->d_name + 5, &end, 10);
+        if (errno != 0 || end == ent->d_name + 5 || *end != '-')
+            continue; /* not a name this file's code writes: leave it */
+        struct stat st;
+        snprintf(p, sizeof(p), "%s/%s", jit.dir, ent->d_name);
+        if (lstat(p, &st) != 0 || !S_ISREG(st.st_mode) || !jit_tmp_stale(pid, st.st_mtime))
+            continue;
+        if (unlink(p) == 0)
+            removed++;
+    }
+    closedir(d);
+    if (removed)
+        log_info("kernel cache %s: removed %u temporary file(s) left by stopped daemons", jit.dir,
+                 removed);
+}
+
 /* Builds and runs a one-element fill kernel. Returns 0 when the result is right. */
 static int jit_probe(proto_err_t *err) {
     kir_kernel_t *k = pg_malloc(sizeof(*k));
@@ -490,6 +541,8 @@ int jit_init(const char *cc, const char *cache_dir) {
     jit.table = pg_calloc_array(JIT_TABLE_SLOTS, sizeof(jit_entry_t));
     if (jit.argc == 0 || !jit.table || jit_choose_dir(cache_dir) != 0)
         goto out_fail_locked;
+    if (!jit.private_dir)
+        jit_remove_stale_tmp();
     jit_identify();
     jit.ready = true;
     pthread_mutex_unlock(&jit.lock);

@@ -7,6 +7,8 @@
  * features). Disk entries are written to a temporary file and renamed into place (atomic, and
  * safe for two daemons sharing the directory); each .so carries its full key as the string
  * `pg_kernel_key`, so a truncated, corrupted or foreign file is detected on load and rebuilt.
+ * Temporary files never look like entries, and those of daemons killed mid-compile are removed
+ * by the next jit_init on the directory.
  */
 #ifndef PG_JIT_H
 #define PG_JIT_H
