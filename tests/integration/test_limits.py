@@ -219,7 +219,6 @@ def test_slow_reader_pinned_at_max_unsent(daemon_factory, op):
     slow.sendall(frame({"id": 3, "op": "ping"}))
     assert read_reply(slow) == {"id": 3, "ok": True}
     slow.close()
-    assert rss_bytes(d.proc.pid) - base < 48 * MIB
 
 
 # --- fairness between sessions -------------------------------------------------------------------
