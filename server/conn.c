@@ -17,12 +17,28 @@
  * storage (held by a reference until written), so a get copies nothing in the daemon.
  *
  * Back-pressure. A connection stops being read while it has --max-inflight requests queued or
- * --max-unsent reply bytes not yet taken by the peer, and is read again when both drop.
+ * --max-unsent reply bytes not yet taken by the peer, and is read again when both drop. Its
+ * queue also stops being answered while the replies not yet taken reach --max-unsent: a reply
+ * may hold a copy of its data (a run's inline outputs), so a client that pipelines requests and
+ * never reads pins the daemon at --max-unsent plus one reply, however many requests it queued.
+ *
+ * Fairness. A connection hands the pool (pool.c, one FIFO) at most one request at a time: its
+ * next one is submitted only when the previous one is answered, and then queues behind every
+ * other connection's. So the pool serves connections round-robin, whatever their queues hold: a
+ * session with fifty heavy runs queued delays another session's request by at most one of them
+ * per worker, not fifty.
+ *
+ * Time. Each connection has one timer. While its head runs on a worker with a time limit
+ * (--request-timeout, or a shorter `timeout` of the request) it is the deadline: past it the
+ * request's cancel flag is set (REQ_CANCEL_TIMEOUT) and the worker stops between steps or
+ * chunks and replies `timeout`. While nothing is queued or running it is the idle deadline
+ * (--idle-timeout): a connection that neither sent nor took a byte for that long is closed.
  */
 #include "daemon.h"
 #include "log.h"
 #include "mem.h"
 
+#include <math.h>
 #include <string.h>
 
 /* A reply fragment waiting to be written, with what keeps its bytes alive. */
@@ -52,12 +68,17 @@ typedef struct conn {
     bool eof;                  /* the peer closed its side: answer what is queued, then close */
     bool fatal;                /* a framing error was answered: close once written */
     bool closing;              /* uv_close was called */
-    int refs;                  /* the open handle (1) + a job on a worker (0 or 1) */
+    int refs;                  /* open handles (the stream and the timer: 2) + a job on a
+                                * worker (0 or 1) */
     uv_buf_t *obufs;           /* reply fragments for the next write */
     owner_t *oown;             /* what keeps each fragment alive */
     size_t on, ocap;           /* fragments queued, slots allocated */
     uint64_t unsent;           /* bytes handed to uv_write and not yet written */
+    uint64_t obytes;           /* bytes of the fragments queued for the next write */
     int writes;                /* uv_write requests in flight */
+    uv_timer_t timer;          /* the head's deadline, or the idle deadline (see Time above) */
+    uint64_t timer_due;        /* uv_now() when the timer fires; 0 when it is stopped */
+    uint64_t last_active;      /* uv_now() of the last byte read or written */
 } conn_t;
 
 typedef struct {
@@ -76,6 +97,7 @@ static void conn_pump(conn_t *c);
 static void conn_release(conn_t *c);
 static void conn_update(conn_t *c);
 static void conn_close(conn_t *c);
+static void conn_timer_arm(conn_t *c);
 
 /* =============================================================================================
  * Requests
@@ -157,9 +179,47 @@ static void req_decode(req_t *r) {
 /* Runs on a worker thread. */
 static void req_run_job(pool_job_t *job) {
     req_t *r = (req_t *)job;
+    atomic_store(&r->started_ns, uv_hrtime()); /* the time limit counts from here */
     msgpack_packer pk;
     msgpack_packer_init(&pk, &r->out, msgpack_sbuffer_write);
     r->status = ops_execute(r->conn->d, r, &pk);
+}
+
+int req_check_cancel(const req_t *r, proto_err_t *err) {
+    switch (atomic_load_explicit(&r->cancel, memory_order_relaxed)) {
+    case REQ_CANCEL_NONE:
+        return 0;
+    case REQ_CANCEL_TIMEOUT:
+        return proto_fail(err, PG_ETIMEOUT,
+                          "%s cancelled: it ran past its time limit of %g s (%s)",
+                          ops_name(r->op), r->timeout,
+                          r->timeout < r->conn->d->cfg.request_timeout ||
+                                  r->conn->d->cfg.request_timeout == 0
+                              ? "the request's 'timeout'"
+                              : "--request-timeout");
+    default:
+        return proto_fail(err, PG_EINTERNAL, "%s cancelled: the session is closing",
+                          ops_name(r->op));
+    }
+}
+
+/* Chooses the time limit of a compute request about to go to a worker: --request-timeout, or
+ * the request's own `timeout` field (seconds) when it is shorter. Returns 0, or -PG_EBAD_REQUEST
+ * with r->err filled for a `timeout` that is not a number in (0, ceiling]. */
+static int req_set_timeout(const daemon_t *d, req_t *r) {
+    r->timeout = d->cfg.request_timeout;
+    const msgpack_object *f = proto_find(r->args, "timeout");
+    if (!f || f->type == MSGPACK_OBJECT_NIL)
+        return 0;
+    double t;
+    if (proto_get_number(r->args, "timeout", &t, &r->err) != 0 ||
+        !(t > 0 && t <= LIM_REQUEST_TIMEOUT_CEILING))
+        return proto_fail(&r->err, PG_EBAD_REQUEST,
+                          "field 'timeout' must be a number of seconds above 0 and at most %g",
+                          LIM_REQUEST_TIMEOUT_CEILING);
+    if (r->timeout == 0 || t < r->timeout)
+        r->timeout = t;
+    return 0;
 }
 
 /* =============================================================================================
@@ -184,6 +244,7 @@ static int out_push(conn_t *c, const void *base, uint64_t len, owner_t owner) {
     c->obufs[c->on].len = (size_t)len;
     c->oown[c->on] = owner;
     c->on++;
+    c->obytes += len;
     return 0;
 err:
     free(owner.free_me);
@@ -212,7 +273,8 @@ static void on_write(uv_write_t *w, int status) {
                   uv_strerror(status));
         conn_close(c);
     }
-    conn_update(c);
+    c->last_active = uv_now(c->d->loop);
+    conn_pump(c); /* the queue may have waited for the peer to take its replies */
 }
 
 /* Writes every queued fragment with one uv_write. */
@@ -229,12 +291,11 @@ static void conn_flush(conn_t *c) {
     wr->bufs = c->obufs;
     wr->own = c->oown;
     wr->n = c->on;
-    wr->bytes = 0;
-    for (size_t i = 0; i < wr->n; i++)
-        wr->bytes += wr->bufs[i].len;
+    wr->bytes = c->obytes;
     c->obufs = NULL;
     c->oown = NULL;
     c->on = c->ocap = 0;
+    c->obytes = 0;
     int rc = uv_write(&wr->w, &c->h.stream, wr->bufs, (unsigned int)wr->n, on_write);
     if (rc < 0) {
         log_debug("session %llu: write refused: %s", (unsigned long long)c->sess.id,
@@ -312,11 +373,14 @@ static void conn_enqueue(conn_t *c, req_t *r) {
     c->nq++;
 }
 
-/* Answers queued requests in order until one must wait for a worker, then writes the replies. */
+/* Answers queued requests in order until one must wait for a worker, or the replies not yet
+ * taken by the peer reach --max-unsent, then writes the replies. */
 static void conn_pump(conn_t *c) {
-    while (c->qhead && !c->busy && !c->closing) {
+    while (c->qhead && !c->busy && !c->closing &&
+           c->unsent + c->obytes < c->d->cfg.max_unsent) {
         req_t *r = c->qhead;
-        if (r->status == 0 && ops_where(r->op) == OPS_ON_WORKER) {
+        if (r->status == 0 && ops_where(r->op) == OPS_ON_WORKER &&
+            (r->status = req_set_timeout(c->d, r)) == 0) {
             c->busy = true;
             c->refs++;
             pool_submit(&c->d->pool, &r->job);
@@ -485,6 +549,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     }
     if (nread == 0)
         return;
+    c->last_active = uv_now(c->d->loop);
     if (buf->base != (char *)scratch) {
         if (proto_reader_advance(&c->rd, (size_t)nread) == PROTO_READ_FRAME)
             conn_on_frame(c);
@@ -532,13 +597,88 @@ static void on_close(uv_handle_t *h) {
     conn_release(c);
 }
 
+static void on_timer_close(uv_handle_t *h) {
+    conn_t *c = h->data;
+    c->refs--;
+    conn_release(c);
+}
+
 static void conn_close(conn_t *c) {
     if (c->closing)
         return;
     c->closing = true;
-    if (c->qhead && c->busy)
-        atomic_store(&c->qhead->cancel, true);
+    if (c->qhead && c->busy) {
+        int none = REQ_CANCEL_NONE;
+        atomic_compare_exchange_strong(&c->qhead->cancel, &none, REQ_CANCEL_CLOSE);
+    }
     uv_close((uv_handle_t *)&c->h, on_close);
+    uv_close((uv_handle_t *)&c->timer, on_timer_close);
+}
+
+/* =============================================================================================
+ * Time limits
+ * =========================================================================================== */
+
+/* Seconds as whole milliseconds, rounded up (a limit is never cut short). */
+static uint64_t secs_to_ms(double s) { return (uint64_t)ceil(s * 1e3); }
+
+static void on_timer(uv_timer_t *t) {
+    conn_t *c = t->data;
+    daemon_t *d = c->d;
+    c->timer_due = 0;
+    if (c->closing)
+        return;
+    if (c->busy) {
+        req_t *r = c->qhead;
+        uint64_t started = atomic_load(&r->started_ns);
+        if (r->timeout > 0 && started != 0 &&
+            uv_hrtime() - started >= (uint64_t)(r->timeout * 1e9)) {
+            int none = REQ_CANCEL_NONE;
+            if (atomic_compare_exchange_strong(&r->cancel, &none, REQ_CANCEL_TIMEOUT))
+                log_info("session %llu: %s request %llu ran past its time limit of %g s; "
+                         "cancelling it", (unsigned long long)c->sess.id, ops_name(r->op),
+                         (unsigned long long)r->id, r->timeout);
+        }
+    } else if (d->cfg.idle_timeout > 0 && !c->qhead &&
+               uv_now(d->loop) - c->last_active >= secs_to_ms(d->cfg.idle_timeout)) {
+        log_info("session %llu: idle for %g s (--idle-timeout); closing it",
+                 (unsigned long long)c->sess.id, d->cfg.idle_timeout);
+        conn_close(c);
+        return;
+    }
+    conn_timer_arm(c);
+}
+
+/* Points c's timer at the next deadline that matters (see Time at the top): the running head's
+ * time limit, else the idle limit when nothing is queued; stops it when there is none. An idle
+ * deadline is not moved later on every byte: the timer fires at the old one and looks again. */
+static void conn_timer_arm(conn_t *c) {
+    if (c->closing)
+        return;
+    daemon_t *d = c->d;
+    uint64_t now = uv_now(d->loop), due = 0;
+    if (c->busy) {
+        const req_t *r = c->qhead;
+        if (r->timeout > 0 && atomic_load(&r->cancel) == REQ_CANCEL_NONE) {
+            uint64_t limit = secs_to_ms(r->timeout), started = atomic_load(&r->started_ns);
+            /* Not started yet (every worker busy): the limit has not begun; look again later. */
+            uint64_t ran = started ? (uv_hrtime() - started) / 1000000 : 0;
+            due = now + (ran < limit ? limit - ran : 0);
+        }
+    } else if (d->cfg.idle_timeout > 0 && !c->qhead) {
+        due = c->last_active + secs_to_ms(d->cfg.idle_timeout);
+    }
+    if (due == 0) {
+        if (c->timer_due != 0) {
+            uv_timer_stop(&c->timer);
+            c->timer_due = 0;
+        }
+        return;
+    }
+    if (c->timer_due != 0 && c->timer_due <= due)
+        return;
+    uv_timer_start(&c->timer, on_timer, due > now ? due - now : 0, 0);
+    c->timer_due = due;
 }
 
 /* Decides, after anything changed, whether c reads, waits or closes. */
@@ -566,6 +706,7 @@ static void conn_update(conn_t *c) {
         uv_read_stop(&c->h.stream);
         c->reading = false;
     }
+    conn_timer_arm(c);
 }
 
 void conn_accept(listener_t *l) {
@@ -582,8 +723,11 @@ void conn_accept(listener_t *l) {
         pg_free(c);
         return;
     }
+    uv_timer_init(d->loop, &c->timer); /* cannot fail: it only links the handle to the loop */
+    c->timer.data = c;
     c->d = d;
-    c->refs = 1;
+    c->refs = 2;
+    c->last_active = uv_now(d->loop);
     sess_init(&c->sess, ++d->next_session);
     proto_reader_init(&c->rd, (uint32_t)d->cfg.max_frame);
     c->next = d->conns;

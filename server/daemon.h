@@ -36,6 +36,10 @@ typedef struct {
     uint64_t max_inflight;    /* --max-inflight */
     uint64_t max_unsent;      /* --max-unsent */
     uint64_t max_sessions;    /* --max-sessions */
+    uint64_t max_session_memory; /* --max-session-memory: tensor bytes one session may hold */
+    uint32_t max_nodes;       /* --max-nodes: nodes in one run or explain graph */
+    double idle_timeout;      /* --idle-timeout, seconds; 0: off */
+    double request_timeout;   /* --request-timeout, seconds; 0: off */
     double shutdown_timeout;  /* --shutdown-timeout, seconds */
     uint64_t phys_memory;     /* physical memory, for hello */
     bool jit;                 /* --jit on|off: compile fused kernels (default on) */
@@ -68,8 +72,19 @@ typedef struct req {
     tensor_t *tail;           /* optional: a tensor whose bytes follow out (a reference) */
     const uint8_t *tail_data; /* the bytes that follow out on the wire */
     uint64_t tail_len;        /* how many */
-    atomic_bool cancel;       /* set when the connection is gone or the daemon must stop now */
+    atomic_int cancel;        /* why the request must stop (req_cancel_t): the first reason
+                               * set wins; workers poll it */
+    double timeout;           /* its time limit in seconds (0: none), chosen when it is
+                               * handed to a worker: --request-timeout or its own `timeout` */
+    _Atomic uint64_t started_ns; /* uv_hrtime() when a worker began it; 0 before */
 } req_t;
+
+/* Why a request running on a worker must stop (req_t.cancel). */
+typedef enum {
+    REQ_CANCEL_NONE = 0,
+    REQ_CANCEL_CLOSE,         /* its connection is gone, or the shutdown timeout passed */
+    REQ_CANCEL_TIMEOUT,       /* it ran past its time limit */
+} req_cancel_t;
 
 typedef struct listener {
     union {
@@ -124,6 +139,11 @@ void conn_stop_all(daemon_t *d);
 void conn_close_all(daemon_t *d);
 /* Called by the pool (on the loop thread) when a request's compute has finished. */
 void conn_job_done(pool_job_t *job);
+/* Any thread: returns 0 while r may go on, else fills err with why it was cancelled (timeout:
+ * the limit it ran past; a closing session: internal) and returns that negative PG_E*. A
+ * compute handler calls it between steps and whenever a step fails (an interrupted loop leaves
+ * garbage behind it that a later check could misreport). */
+int req_check_cancel(const req_t *r, proto_err_t *err);
 
 /* ---- ops.c ----------------------------------------------------------------------------------*/
 

@@ -38,6 +38,50 @@
 #define LIM_MAX_SESSIONS_DEFAULT 1024
 #define LIM_MAX_SESSIONS_CEILING 1000000
 
+/* Storage bytes of the tensors one session holds by handle (--max-session-memory): what its
+ * puts, its runs' kept outputs and its assigns leave behind. It keeps one client from taking
+ * the whole --max-memory budget from the others. A put, or a run whose kept outputs and
+ * assigns would pass it, is refused with out_of_memory (the message names the quota, the
+ * session's usage and the request's size) and the connection stays usable; a refused run
+ * commits nothing. A run's temporaries, its inline outputs and buffered frames count against
+ * --max-memory only: they are gone when the request is answered. A tensor held under two
+ * handles counts twice. Default: the --max-memory budget (no separate quota). */
+#define LIM_MAX_SESSION_MEMORY_FLOOR (1ull << 10)
+
+/* Nodes in one `run` or `explain` graph as the client sends it (--max-nodes). Bounds the work
+ * of lowering and planning one request (lowering may add a bounded factor more primitives,
+ * GRAPH_MAX_PRIM_NODES). A larger graph is refused with too_large naming the count and limit.
+ * The default is the ceiling, the protocol's own limit (GRAPH_MAX_NODES, graph/graph.h):
+ * the flag can only lower it. */
+#define LIM_MAX_NODES_DEFAULT 65536
+#define LIM_MAX_NODES_CEILING 65536
+
+/* Seconds a connection may stay idle, with no request queued or running and no byte read or
+ * written, before the daemon closes it (--idle-timeout; logged). Default 0: off. A session
+ * holds state (a model's parameters, an optimizer's moments) that a client may come back to
+ * after any pause, a notebook's for instance, so closing quiet sessions is the operator's
+ * choice; a deployment that serves untrusted clients should set it. */
+#define LIM_IDLE_TIMEOUT_DEFAULT 0.0
+#define LIM_IDLE_TIMEOUT_CEILING 2592000.0 /* 30 days */
+
+/* Seconds one compute request (run, explain, sleep) may run on a worker before it is
+ * cancelled with a `timeout` reply (--request-timeout; counted from when a worker starts it,
+ * not while it waits for one). The run is abandoned between steps, and a long single step
+ * (an elementwise loop, a reduction, a compiled kernel, a matrix product) between chunks of at
+ * most LIM_CANCEL_CHUNK_WORK element-steps or LIM_CANCEL_GEMM_WORK multiply-adds; nothing it
+ * would have kept or assigned is committed and the connection stays usable. A request may ask
+ * for a shorter limit with its own `timeout` field, never a longer one. Default 0: off. A
+ * training step or a large product can legitimately take minutes, and the daemon cannot tell
+ * such a run from a runaway one; the operator who knows the workload sets the bound. */
+#define LIM_REQUEST_TIMEOUT_DEFAULT 0.0
+#define LIM_REQUEST_TIMEOUT_CEILING 604800.0 /* a week */
+/* The largest piece of a loop between two checks of the cancel flag, in element-steps (about
+ * a millisecond or two on one core), and of a matrix product, in multiply-adds (about 0.2 s on
+ * one core: a product is split only by rows or columns of the result, each piece packs the
+ * other operand again, so pieces stay large). kernels/ref/par.c and matmul.c read them. */
+#define LIM_CANCEL_CHUNK_WORK (1ull << 21)
+#define LIM_CANCEL_GEMM_WORK (1ull << 34)
+
 /* Compute worker threads (--threads). Default: the number of online CPUs. */
 #define LIM_THREADS_CEILING 1024
 
@@ -71,6 +115,9 @@
 #endif
 #if LIM_MAX_SESSIONS_DEFAULT > LIM_MAX_SESSIONS_CEILING
 #error "LIM_MAX_SESSIONS_DEFAULT over its ceiling"
+#endif
+#if LIM_MAX_NODES_DEFAULT > LIM_MAX_NODES_CEILING
+#error "LIM_MAX_NODES_DEFAULT over its ceiling"
 #endif
 #if LIM_PREPARED_CACHE_DEFAULT > LIM_PREPARED_CACHE_CEILING
 #error "LIM_PREPARED_CACHE_DEFAULT over its ceiling"

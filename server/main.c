@@ -46,6 +46,15 @@ static void usage(FILE *f) {
             "  --max-unsent BYTES      unsent reply bytes per connection before it is not read\n"
             "                          (default 256M)\n"
             "  --max-sessions N        open connections at once (default %d)\n"
+            "  --max-session-memory BYTES\n"
+            "                          tensor bytes one session may hold by handle (puts, kept\n"
+            "                          outputs, assigns; default: the --max-memory budget)\n"
+            "  --max-nodes N           nodes in one run or explain graph (default and most %d)\n"
+            "  --idle-timeout SEC      close a connection with nothing queued or running that\n"
+            "                          sent or took no byte for SEC seconds (default 0: never)\n"
+            "  --request-timeout SEC   cancel a run, explain or sleep that ran SEC seconds on a\n"
+            "                          worker, replying timeout (default 0: no limit; a request\n"
+            "                          may ask for less with its 'timeout' field)\n"
             "  --shutdown-timeout SEC  time given to received requests at SIGTERM (default 10)\n"
             "  --log-level LEVEL       error, warn, info or debug (default info; debug also\n"
             "                          prints the plan of every graph compiled)\n"
@@ -65,7 +74,8 @@ static void usage(FILE *f) {
             "  --help, --version\n"
             "\n"
             "BYTES accept a K, M or G suffix (powers of 1024).\n",
-            LIM_MAX_INFLIGHT_DEFAULT, LIM_MAX_SESSIONS_DEFAULT, LIM_PREPARED_CACHE_DEFAULT);
+            LIM_MAX_INFLIGHT_DEFAULT, LIM_MAX_SESSIONS_DEFAULT, LIM_MAX_NODES_DEFAULT,
+            LIM_PREPARED_CACHE_DEFAULT);
 }
 
 /* Parses "123", "64K", "512M", "1G" (powers of 1024). Returns false on junk or overflow. */
@@ -93,6 +103,18 @@ static bool parse_bytes(const char *s, uint64_t *out) {
     return true;
 }
 
+/* Parses seconds (a decimal number) in [0, hi] for flag; prints why and returns false if not. */
+static bool parse_seconds(const char *flag, const char *s, double hi, double *out) {
+    char *end;
+    double t = strtod(s, &end);
+    if (end == s || *end || !(t >= 0 && t <= hi)) {
+        fprintf(stderr, "picogradd: %s must be 0 to %g seconds, got '%s'\n", flag, hi, s);
+        return false;
+    }
+    *out = t;
+    return true;
+}
+
 static bool parse_range(const char *flag, const char *s, uint64_t lo, uint64_t hi, uint64_t *out) {
     if (!parse_bytes(s, out) || *out < lo || *out > hi) {
         fprintf(stderr, "picogradd: %s must be %llu to %llu, got '%s'\n", flag,
@@ -106,6 +128,7 @@ enum {
     OPT_LISTEN = 256, OPT_THREADS, OPT_MAX_FRAME, OPT_MAX_MEMORY, OPT_MAX_INFLIGHT,
     OPT_MAX_UNSENT, OPT_MAX_SESSIONS, OPT_SHUTDOWN_TIMEOUT, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION,
     OPT_JIT, OPT_CC, OPT_CACHE_DIR, OPT_JIT_MIN_WORK, OPT_PREPARED_CACHE, OPT_DUMP_CUDA,
+    OPT_MAX_SESSION_MEMORY, OPT_MAX_NODES, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT,
 };
 
 /* Fills cfg from argv. Returns 0 to run, 1 for a usage error, 2 after --help or --version. */
@@ -118,6 +141,10 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
         {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
         {"max-unsent", required_argument, NULL, OPT_MAX_UNSENT},
         {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
+        {"max-session-memory", required_argument, NULL, OPT_MAX_SESSION_MEMORY},
+        {"max-nodes", required_argument, NULL, OPT_MAX_NODES},
+        {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+        {"request-timeout", required_argument, NULL, OPT_REQUEST_TIMEOUT},
         {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN_TIMEOUT},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
         {"jit", required_argument, NULL, OPT_JIT},
@@ -140,6 +167,10 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
     cfg->max_inflight = LIM_MAX_INFLIGHT_DEFAULT;
     cfg->max_unsent = LIM_MAX_UNSENT_DEFAULT;
     cfg->max_sessions = LIM_MAX_SESSIONS_DEFAULT;
+    cfg->max_session_memory = 0; /* after parsing: the --max-memory budget */
+    cfg->max_nodes = LIM_MAX_NODES_DEFAULT;
+    cfg->idle_timeout = LIM_IDLE_TIMEOUT_DEFAULT;
+    cfg->request_timeout = LIM_REQUEST_TIMEOUT_DEFAULT;
     cfg->shutdown_timeout = LIM_SHUTDOWN_TIMEOUT_DEFAULT;
     cfg->jit = true;
     cfg->cc = "cc";
@@ -182,6 +213,26 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
         case OPT_MAX_SESSIONS:
             if (!parse_range("--max-sessions", optarg, 1, LIM_MAX_SESSIONS_CEILING,
                              &cfg->max_sessions))
+                return 1;
+            break;
+        case OPT_MAX_SESSION_MEMORY:
+            if (!parse_range("--max-session-memory", optarg, LIM_MAX_SESSION_MEMORY_FLOOR,
+                             UINT64_MAX, &cfg->max_session_memory))
+                return 1;
+            break;
+        case OPT_MAX_NODES:
+            if (!parse_range("--max-nodes", optarg, 1, LIM_MAX_NODES_CEILING, &v))
+                return 1;
+            cfg->max_nodes = (uint32_t)v;
+            break;
+        case OPT_IDLE_TIMEOUT:
+            if (!parse_seconds("--idle-timeout", optarg, LIM_IDLE_TIMEOUT_CEILING,
+                               &cfg->idle_timeout))
+                return 1;
+            break;
+        case OPT_REQUEST_TIMEOUT:
+            if (!parse_seconds("--request-timeout", optarg, LIM_REQUEST_TIMEOUT_CEILING,
+                               &cfg->request_timeout))
                 return 1;
             break;
         case OPT_SHUTDOWN_TIMEOUT: {
@@ -256,6 +307,9 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
         fprintf(stderr, "picogradd: unexpected argument '%s'\n", argv[optind]);
         return 1;
     }
+    /* No quota of its own: a session may use the whole budget. */
+    if (cfg->max_session_memory == 0 || cfg->max_session_memory > cfg->max_memory)
+        cfg->max_session_memory = cfg->max_memory;
     return 0;
 }
 

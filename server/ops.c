@@ -120,7 +120,7 @@ int ops_hello(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         proto_pack_cstr(pk, proto_dtype_name(i));
 
     key(pk, "limits");
-    msgpack_pack_map(pk, 5);
+    msgpack_pack_map(pk, 9);
     key(pk, "max_frame");
     msgpack_pack_uint64(pk, d->cfg.max_frame);
     key(pk, "max_memory");
@@ -131,6 +131,14 @@ int ops_hello(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     msgpack_pack_uint64(pk, d->cfg.max_inflight);
     key(pk, "max_objects");
     msgpack_pack_uint32(pk, PROTO_MAX_OBJECTS);
+    key(pk, "max_nodes");
+    msgpack_pack_uint32(pk, d->cfg.max_nodes);
+    key(pk, "max_session_memory");
+    msgpack_pack_uint64(pk, d->cfg.max_session_memory);
+    key(pk, "request_timeout"); /* seconds; 0: none */
+    msgpack_pack_double(pk, d->cfg.request_timeout);
+    key(pk, "idle_timeout");
+    msgpack_pack_double(pk, d->cfg.idle_timeout);
     return 0;
 }
 
@@ -199,7 +207,8 @@ int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     return 0;
 }
 
-/* Runs on a worker. Sleeps in short slices so that a forced shutdown can cancel it. */
+/* Runs on a worker. Sleeps in short slices so that a time limit or a forced shutdown can cancel
+ * it. */
 int ops_sleep(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     (void)d;
     double seconds;
@@ -211,8 +220,8 @@ int ops_sleep(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
                           LIM_MAX_SLEEP_SECONDS);
     uint64_t end = uv_hrtime() + (uint64_t)(seconds * 1e9);
     for (;;) {
-        if (atomic_load(&r->cancel))
-            return proto_fail(err, PG_EINTERNAL, "sleep cancelled: the session is closing");
+        if ((rc = req_check_cancel(r, err)) != 0)
+            return rc;
         uint64_t now = uv_hrtime();
         if (now >= end)
             break;
@@ -232,7 +241,6 @@ int ops_sleep(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
 #define OPS_ADOPT_SLACK 4096
 
 int ops_put(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
-    (void)d;
     pg_dtype_t dtype;
     int64_t dims[PROTO_MAX_RANK];
     int rank;
@@ -272,7 +280,12 @@ int ops_put(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     }
     bool aligned = ((uintptr_t)data & 63) == 0;
     bool inside = data >= r->body && data + len <= r->body + r->len;
-    if (nbytes > 0 && aligned && inside && r->block_bytes <= nbytes + OPS_ADOPT_SLACK) {
+    bool adopt = nbytes > 0 && aligned && inside && r->block_bytes <= nbytes + OPS_ADOPT_SLACK;
+    /* The session is charged what the tensor will hold: the frame buffer when it adopts it. */
+    if ((rc = sess_check_quota(r->sess, d->cfg.max_session_memory,
+                               adopt ? r->block_bytes : nbytes, 0, "a put", err)) != 0)
+        return rc;
+    if (adopt) {
         t = tensor_adopt(dtype, rank, dims, numel, r->block, r->block_bytes, (uint8_t *)data);
         r->block = NULL; /* the tensor owns the frame buffer now, also when adopt failed */
     } else {

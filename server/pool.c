@@ -2,8 +2,13 @@
  * pool.c - a fixed set of worker threads fed from one FIFO.
  *
  * Fairness between sessions comes from the connection side: a connection has at most one job in
- * the pool at a time (its later requests wait in its own queue), so one session's burst of heavy
- * requests cannot fill the FIFO ahead of another session's.
+ * the pool at a time (its later requests wait in its own queue, conn.c), and submits the next
+ * one only when the previous one is answered, at the FIFO's tail. So the FIFO holds at most one
+ * job per session and serves sessions round-robin: one session's queue of fifty heavy runs
+ * delays another session's request by at most one heavy run per worker, never by fifty
+ * (tests/integration/test_limits.py, test_heavy_queue_does_not_starve_other_sessions). What it
+ * does not do is weigh jobs: a session of heavy runs gets as many turns as one of light runs,
+ * and so more of the workers' time; --request-timeout bounds how long one turn may last.
  */
 #include "pool.h"
 

@@ -32,6 +32,14 @@
  * and find it prepared), plan and execute, is added to the "runs" counters of `stats`
  * (stats.c), failed runs included.
  *
+ * Limits. A graph over --max-nodes is refused before lowering. The kept outputs and assigns of a
+ * run count against the session quota (--max-session-memory): checked from the planned sizes
+ * before executing, and from the real tensors before committing; temporaries and inline outputs
+ * count against --max-memory only. A run stops when its request is cancelled (its time limit
+ * passed, or its connection went away): the step loop checks req_check_cancel after every step,
+ * and the loops inside a step check the same flag between chunks (ref_set_cancel); a cancelled
+ * run commits nothing and replies `timeout` (or is dropped with its connection).
+ *
  * `explain` (also here: it shares the request decoding) plans a graph without running it.
  */
 #include "../kernels/cpu/jit.h"
@@ -54,6 +62,8 @@
 #include <string.h>
 
 #define RUN_MAX_OUTPUTS 1024
+
+static_assert(LIM_MAX_NODES_CEILING == GRAPH_MAX_NODES, "--max-nodes is capped by the graph IR");
 
 /* Rewrites an interpreter error so that it names the request node, as lowering errors do. */
 static void name_node(const graph_t *g, int32_t i, proto_err_t *err) {
@@ -106,8 +116,9 @@ static void prep_free(prep_t *p) {
 }
 
 /* Checks the fields of a run or explain request, then lowers its graph into p (free with
- * prep_free, also on failure). Returns 0 or a negative PG_E* with err filled. */
-static int prepare(req_t *r, prep_t *p, proto_err_t *err) {
+ * prep_free, also on failure). max_nodes is --max-nodes. Returns 0 or a negative PG_E* with err
+ * filled. */
+static int prepare(req_t *r, uint32_t max_nodes, prep_t *p, proto_err_t *err) {
     memset(p, 0, sizeof(*p));
     graph_init(&p->g, mem_limit());
     const msgpack_object *nodes = proto_find(r->args, "nodes");
@@ -117,9 +128,10 @@ static int prepare(req_t *r, prep_t *p, proto_err_t *err) {
     if (!outs || outs->type != MSGPACK_OBJECT_ARRAY)
         return proto_fail(err, PG_EBAD_REQUEST, "field 'outputs' must be a list of output maps");
     uint32_t nw = nodes->via.array.size, no = outs->via.array.size;
-    if (nw > GRAPH_MAX_NODES)
-        return proto_fail(err, PG_ETOO_LARGE, "the graph has %u nodes; the limit is %d", nw,
-                          GRAPH_MAX_NODES);
+    if (nw > max_nodes)
+        return proto_fail(err, PG_ETOO_LARGE,
+                          "field 'nodes': the graph has %u nodes; the limit is %u (--max-nodes)",
+                          nw, max_nodes);
     if (no > RUN_MAX_OUTPUTS)
         return proto_fail(err, PG_ETOO_LARGE, "%u outputs; the limit is %d", no, RUN_MAX_OUTPUTS);
     p->no = no;
@@ -380,10 +392,10 @@ static const msgpack_object *free_list(req_t *r, proto_err_t *err, bool *bad) {
  * its entry (prepcache_adopt, shared when q is keyed and the graph fits), with the handle each
  * assign names in *ah (owned by the caller). Fills tens as prepcache_adopt does. Returns 0 or a
  * negative PG_E* with err filled. */
-static int prepare_entry(req_t *r, pc_req_t *q, tensor_t **tens, pc_entry_t **e, uint64_t **ah,
-                         proto_err_t *err) {
+static int prepare_entry(req_t *r, uint32_t max_nodes, pc_req_t *q, tensor_t **tens,
+                         pc_entry_t **e, uint64_t **ah, proto_err_t *err) {
     prep_t p;
-    int rc = prepare(r, &p, err);
+    int rc = prepare(r, max_nodes, &p, err);
     if (rc != 0)
         goto out;
     *ah = pg_calloc_array(p.as.n ? p.as.n : 1, sizeof(uint64_t));
@@ -400,6 +412,27 @@ static int prepare_entry(req_t *r, pc_req_t *q, tensor_t **tens, pc_entry_t **e,
 out:
     prep_free(&p);
     return rc;
+}
+
+/* The session quota of a run (--max-session-memory): its kept outputs and assigned values are
+ * added to the session's bytes, the tensors the assigns replace taken off. res holds the
+ * results (at commit); NULL estimates them from the planned nodes (before executing). Returns
+ * 0 or -PG_EOUT_OF_MEMORY with err filled. */
+static int check_quota(const daemon_t *d, req_t *r, const graph_t *g, const pc_entry_t *e,
+                       tensor_t *const *res, const uint64_t *ah, proto_err_t *err) {
+    uint64_t add = 0, drop = 0;
+    for (uint32_t k = 0; k < e->nall; k++) {
+        if (k < e->no && !e->keep[k])
+            continue;
+        const gnode_t *n = &g->nodes[e->out_id[k]];
+        add += res ? res[k]->block_bytes : n->numel * proto_dtype_size(n->dtype);
+    }
+    for (uint32_t j = 0; j < e->nas; j++) {
+        const tensor_t *old = sess_get(r->sess, ah[j]);
+        drop += old ? old->block_bytes : 0;
+    }
+    return sess_check_quota(r->sess, d->cfg.max_session_memory, add, drop,
+                            "the run's kept outputs and assigns", err);
 }
 
 int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
@@ -420,6 +453,7 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     crun_t gr;               /* a GPU run's state, between crun_begin and crun_end */
     bool gr_started = false;
     bool bad_free;
+    ref_set_cancel(&r->cancel); /* this thread's loops stop between chunks when it is set */
     const msgpack_object *frees = free_list(r, err, &bad_free);
     int rc = bad_free ? -err->code : 0;
     if (bad_free)
@@ -448,7 +482,8 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         }
     }
     bool hit = e != NULL;
-    if (!hit && (rc = prepare_entry(r, q.keyed ? &q : NULL, tens, &e, &ah, err)) != 0)
+    if (!hit && (rc = prepare_entry(r, d->cfg.max_nodes, q.keyed ? &q : NULL, tens, &e, &ah,
+                                    err)) != 0)
         goto out;
     g = &e->g;
     no = e->no;
@@ -504,6 +539,10 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     const plan_t *plan = on_gpu ? gplan : e->plan && e->plan->compiled ? e->plan : NULL;
     const fuse_plan_t *fp = plan ? &plan->fp : &e->local;
     run_lap(phase_ns, &phase, &mark); /* plan */
+    /* Refuse a run whose results cannot fit the session quota before computing them (the
+     * commit checks again with the real tensors). */
+    if ((rc = check_quota(d, r, g, e, NULL, ah, err)) != 0)
+        goto out;
     if (on_gpu && (rc = crun_begin(&gr, r->sess, gpu, vals, err)) != 0)
         goto out;
     gr_started = on_gpu;
@@ -513,10 +552,8 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     bool profile = log_enabled(LOG_DEBUG);
     for (int32_t s = 0; s < fp->nsteps; s++) {
         const fuse_step_t *st = &fp->steps[s];
-        if (atomic_load(&r->cancel)) {
-            rc = proto_fail(err, PG_EINTERNAL, "run cancelled: the session is closing");
+        if ((rc = req_check_cancel(r, err)) != 0)
             goto out;
-        }
         uint64_t t0 = profile ? uv_hrtime() : 0;
         tensor_t *in_t = bound && bound[st->node] ? bound[st->node] : NULL;
         if (on_gpu)
@@ -530,7 +567,10 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
                       st->kind == FUSE_STEP_KERNEL ? "kernel" : "interp", (int)st->node,
                       graph_prim_name(g->nodes[st->node].op), (double)(uv_hrtime() - t0) / 1e3);
         if (rc != 0) {
-            name_node(g, st->node, err);
+            /* A step cut short by a cancel may leave garbage that the next one trips on. */
+            if (req_check_cancel(r, err) == 0)
+                name_node(g, st->node, err);
+            rc = -err->code;
             goto out;
         }
         for (int32_t q2 = 0; q2 < st->nrelease; q2++)
@@ -549,7 +589,12 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         if ((rc = crun_end(&gr, err)) != 0)
             goto out;
     }
+    /* The last step's loops may have been cut short too: nothing of it may be committed. */
+    if ((rc = req_check_cancel(r, err)) != 0)
+        goto out;
     run_lap(phase_ns, &phase, &mark); /* execute */
+    if ((rc = check_quota(d, r, g, e, res, ah, err)) != 0)
+        goto out;
 
     /* Commit: only now does the session change. The kept handles first (the only step that can
      * fail, and it is undone below), then the assigns, which cannot fail: lowering (or the
@@ -612,6 +657,7 @@ out:
     for (uint32_t k = 0; frees && k < frees->via.array.size; k++)
         sess_remove(r->sess, frees->via.array.ptr[k].via.u64);
     stats_count_run(phase_ns, uv_hrtime() - start);
+    ref_set_cancel(NULL);
     return rc;
 }
 
@@ -660,7 +706,6 @@ static void pack_assigns(msgpack_packer *pk, const prep_t *p) {
 /* Runs on a worker: lowers and plans like `run` (rendering kernel sources, compiling nothing,
  * touching neither the session nor the plan cache) and replies with the plan. */
 int ops_explain(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
-    (void)d;
     prep_t p;
     plan_t *plan = NULL;
     char *text = NULL, *full = NULL;
@@ -670,7 +715,7 @@ int ops_explain(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         memset(&p, 0, sizeof(p)); /* prep_free below must see an empty graph */
         goto out;
     }
-    rc = prepare(r, &p, err);
+    rc = prepare(r, d->cfg.max_nodes, &p, err);
     if (rc != 0)
         goto out;
     plan = plan_build(&p.g, p.out_id, p.nall, false, p.as.n > 0, err);
@@ -678,6 +723,8 @@ int ops_explain(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         rc = -err->code;
         goto out;
     }
+    if ((rc = req_check_cancel(r, err)) != 0) /* past its time limit while planning */
+        goto out;
     text = plan_explain_text(plan, &p.g);
     if (text && p.as.n)
         full = explain_assigns(text, &p);

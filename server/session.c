@@ -1,5 +1,6 @@
 /*
- * session.c - a session's handle table.
+ * session.c - a session's handle table and its byte count, which the session quota
+ * (--max-session-memory, server/limits.h) is checked against.
  */
 #include "session.h"
 
@@ -60,4 +61,18 @@ int sess_replace(sess_t *s, uint64_t handle, tensor_t *t) {
     s->bytes = s->bytes - old->block_bytes + t->block_bytes;
     tensor_unref(old); /* after the swap: t == old keeps its reference */
     return 0;
+}
+
+int sess_check_quota(const sess_t *s, uint64_t quota, uint64_t add, uint64_t drop,
+                     const char *what, proto_err_t *err) {
+    if (add <= drop)
+        return 0;
+    uint64_t grow = add - drop;
+    if (s->bytes <= quota && grow <= quota - s->bytes)
+        return 0;
+    return proto_fail(err, PG_EOUT_OF_MEMORY,
+                      "%s of %llu bytes does not fit in the session's quota: the session holds "
+                      "%llu of %llu bytes (--max-session-memory)",
+                      what, (unsigned long long)grow, (unsigned long long)s->bytes,
+                      (unsigned long long)quota);
 }

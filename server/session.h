@@ -43,5 +43,11 @@ tensor_t *sess_get(const sess_t *s, uint64_t handle);
 int sess_replace(sess_t *s, uint64_t handle, tensor_t *t);
 /* Forgets a handle and drops its reference. Returns 0, or -PG_EUNKNOWN_HANDLE. */
 int sess_remove(sess_t *s, uint64_t handle);
+/* The session quota (--max-session-memory): returns 0 when s may go on holding its tensors with
+ * `add` bytes more and `drop` bytes fewer within `quota` bytes (or when the change does not
+ * grow it), else fills err with out_of_memory naming the quota, the session's usage and the
+ * request's size (`what`: "a put", "run") and returns -PG_EOUT_OF_MEMORY. */
+int sess_check_quota(const sess_t *s, uint64_t quota, uint64_t add, uint64_t drop,
+                     const char *what, proto_err_t *err);
 
 #endif /* PG_SESSION_H */

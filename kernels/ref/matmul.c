@@ -11,6 +11,7 @@
  */
 #include "ref_impl.h"
 
+#include "../../server/limits.h"
 #include "../../server/mem.h"
 
 #include <cblas.h>
@@ -130,7 +131,9 @@ static const void *operand_ptr(mm_operand_t *o, const ref_view_t *v, int64_t off
  * BLAS's threads and the compute pool never fight over the cores. Each block packs the other
  * operand again, so there are no more blocks than threads. An element's sum runs over k in the
  * same order whatever block it is in (BLAS blocks k the same way for any M and N), so the split
- * does not change results. */
+ * does not change results. A product larger than LIM_CANCEL_GEMM_WORK multiply-adds is cut into
+ * more blocks than threads (a multiple of them, blocks of 16 rows or columns at least), so that
+ * a cancelled request (ref_set_cancel) stops between blocks. */
 #define MM_ROW_MIN 64     /* rows per block at least (a multiple of BLAS's register tiles) */
 #define MM_SPLIT_MIN (1 << 22) /* multiply-adds below which one thread does it all: waking
                                 * another costs more than it saves */
@@ -236,8 +239,19 @@ static int blas_batches(const graph_t *g, int32_t i, mm_ctx_t *c, proto_err_t *e
         /* Blocks of the longer side of C: rows of op(A), or columns of op(B). */
         bool cols = c->n > c->m;
         int64_t total = cols ? c->n : c->m;
-        int64_t blocks = total / MM_ROW_MIN < ref__threads() ? total / MM_ROW_MIN : ref__threads();
-        if (blocks > 1 && c->m * c->n * c->k >= MM_SPLIT_MIN) {
+        int64_t nth = ref__threads();
+        int64_t blocks = total / MM_ROW_MIN < nth ? total / MM_ROW_MIN : nth;
+        /* In doubles: m * n * k may pass 2^64 (each is below 2^31). */
+        double work = (double)c->m * (double)c->n * (double)c->k;
+        if (work > (double)LIM_CANCEL_GEMM_WORK) {
+            double want = ceil(work / (double)LIM_CANCEL_GEMM_WORK / (double)nth) * (double)nth;
+            double most = (double)(total / 16);
+            if (want > most)
+                want = most;
+            if (want > (double)blocks)
+                blocks = (int64_t)want;
+        }
+        if (blocks > 1 && work >= MM_SPLIT_MIN) {
             int64_t per = (total + blocks - 1) / blocks;
             per = (per + 15) / 16 * 16;
             int64_t step = cols ? (ob.trans ? ob.ld : 1) : (oa.trans ? 1 : oa.ld);

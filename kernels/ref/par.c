@@ -9,8 +9,17 @@
  * The daemon runs graphs on several compute workers at once, so two evaluations can reach
  * ref__parallel_for together. Only one job uses the pool at a time (`busy`); a loop that finds it
  * taken runs on its own thread. That can never change a result: how a loop is split never does.
+ *
+ * Cancellation. A daemon worker marks its thread with the flag of the request it runs
+ * (ref_set_cancel). A loop started on that thread is then cut into pieces of at most
+ * LIM_CANCEL_CHUNK_WORK element-steps (more chunks than the threads need, for a huge loop), and
+ * every thread reads the flag, one relaxed atomic load, before it takes a chunk: once the flag
+ * is set the loop ends within one chunk per thread, its output left unfinished. The caller
+ * (server/run.c) checks the flag after every step and throws such a result away.
  */
 #include "ref_impl.h"
+
+#include "../../server/limits.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -36,6 +45,7 @@ static struct {
     void *ctx;
     uint64_t n;                    /* items */
     uint64_t nchunks;              /* chunks the items are split into */
+    const atomic_int *cancel;      /* the caller's cancel flag, or NULL */
     atomic_uint_fast64_t next;     /* the next chunk to take */
 } pool = {
     .busy = PTHREAD_MUTEX_INITIALIZER,
@@ -78,10 +88,22 @@ static void spin_while_nonzero(atomic_int *v) {
     }
 }
 
-/* Takes and runs chunks of the current job until none are left. */
-static void run_chunks(ref__chunk_fn fn, void *ctx, uint64_t n, uint64_t nchunks) {
+/* The cancel flag of the request this thread runs (ref_set_cancel), or NULL. */
+static _Thread_local const atomic_int *tl_cancel;
+
+void ref_set_cancel(const atomic_int *flag) { tl_cancel = flag; }
+
+static inline bool cancelled(const atomic_int *flag) {
+    return flag && atomic_load_explicit(flag, memory_order_relaxed) != 0;
+}
+
+/* Takes and runs chunks of the current job until none are left, or until it is cancelled. */
+static void run_chunks(ref__chunk_fn fn, void *ctx, uint64_t n, uint64_t nchunks,
+                       const atomic_int *cancel) {
     uint64_t q = n / nchunks, r = n % nchunks;
     for (;;) {
+        if (cancelled(cancel))
+            return;
         uint64_t c = atomic_fetch_add(&pool.next, 1);
         if (c >= nchunks)
             return;
@@ -113,8 +135,9 @@ static void *worker_main(void *arg) {
         ref__chunk_fn fn = pool.fn;
         void *ctx = pool.ctx;
         uint64_t n = pool.n, nchunks = pool.nchunks;
+        const atomic_int *cancel = pool.cancel;
         pthread_mutex_unlock(&pool.lock);
-        run_chunks(fn, ctx, n, nchunks);
+        run_chunks(fn, ctx, n, nchunks, cancel);
         pthread_mutex_lock(&pool.lock);
         if (atomic_fetch_sub(&pool.pending, 1) == 1)
             pthread_cond_signal(&pool.done);
@@ -155,20 +178,45 @@ void ref_set_threads(int n) {
 
 int ref__threads(void) { return atomic_load(&pool_threads); }
 
+/* Runs fn over [0, n) on the calling thread alone, in `pieces` chunks with a look at the cancel
+ * flag before each (one call when pieces < 2). */
+static void run_serial(ref__chunk_fn fn, void *ctx, uint64_t n, uint64_t pieces,
+                       const atomic_int *cancel) {
+    if (pieces < 2) {
+        fn(ctx, 0, n);
+        return;
+    }
+    if (pieces > n)
+        pieces = n;
+    uint64_t q = n / pieces, r = n % pieces;
+    for (uint64_t c = 0, begin = 0; c < pieces; c++) {
+        if (cancelled(cancel))
+            return;
+        uint64_t end = begin + q + (c < r ? 1 : 0);
+        fn(ctx, begin, end);
+        begin = end;
+    }
+}
+
 void ref__parallel_for(uint64_t n, uint64_t cost, ref__chunk_fn fn, void *ctx) {
     if (n == 0)
         return;
     uint64_t work = cost == 0 ? n : (n > UINT64_MAX / cost ? UINT64_MAX : n * cost);
+    /* A cancellable loop is cut into pieces of bounded work, so that it notices the flag. */
+    const atomic_int *cancel = tl_cancel;
+    uint64_t pieces = cancel ? work / LIM_CANCEL_CHUNK_WORK + 1 : 0;
     if (n < 2 || work < REF_PAR_MIN_WORK || pthread_mutex_trylock(&pool.busy) != 0) {
-        fn(ctx, 0, n);
+        run_serial(fn, ctx, n, pieces, cancel);
         return;
     }
     if (pool.nworkers == 0) {
         pthread_mutex_unlock(&pool.busy);
-        fn(ctx, 0, n);
+        run_serial(fn, ctx, n, pieces, cancel);
         return;
     }
     uint64_t nchunks = (uint64_t)(pool.nworkers + 1) * CHUNKS_PER_THREAD;
+    if (nchunks < pieces)
+        nchunks = pieces;
     if (nchunks > n)
         nchunks = n;
     pthread_mutex_lock(&pool.lock);
@@ -176,6 +224,7 @@ void ref__parallel_for(uint64_t n, uint64_t cost, ref__chunk_fn fn, void *ctx) {
     pool.ctx = ctx;
     pool.n = n;
     pool.nchunks = nchunks;
+    pool.cancel = cancel;
     atomic_store(&pool.next, 0);
     atomic_store(&pool.pending, pool.nworkers);
     pool.gen++;
@@ -183,7 +232,7 @@ void ref__parallel_for(uint64_t n, uint64_t cost, ref__chunk_fn fn, void *ctx) {
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
 
-    run_chunks(fn, ctx, n, nchunks);
+    run_chunks(fn, ctx, n, nchunks, cancel);
 
     spin_while_nonzero(&pool.pending);
     pthread_mutex_lock(&pool.lock);

@@ -11,6 +11,8 @@
 
 #include "../../server/graph/graph.h"
 
+#include <stdatomic.h>
+
 /* A value: a strided view into a tensor's storage. Strides and offset count elements; a stride may
  * be 0 (expand) or negative (flip). */
 typedef struct {
@@ -25,6 +27,13 @@ typedef struct {
 /* Sets how many threads large elementwise loops and reductions may use (>= 1). Call once at
  * start; the interpreter keeps its own threads. */
 void ref_set_threads(int n);
+
+/* Makes the loops the calling thread starts from now on cancellable: they read *flag (borrowed;
+ * NULL: none) before each chunk of at most LIM_CANCEL_CHUNK_WORK element-steps (server/limits.h)
+ * and stop taking chunks once it is nonzero, leaving their output unfinished. The caller must
+ * check the flag after each node and discard what such a node produced. A daemon worker sets it
+ * to its request's cancel flag for the request's duration (server/run.c). */
+void ref_set_cancel(const atomic_int *flag);
 
 /*
  * Evaluates node i of g into vals[i], reading vals of its inputs (already evaluated, borrowed).
