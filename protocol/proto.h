@@ -227,4 +227,13 @@ int proto_parse_url(const char *url, proto_url_t *out, proto_err_t *err);
  * else unix://$XDG_RUNTIME_DIR/picogradd.sock, else unix:///tmp/picogradd-$UID.sock. */
 void proto_default_url(char *buf, size_t cap, bool use_env);
 
+/* The system service's socket (deploy/picogradd.socket), for the members of group picograd. */
+#define PROTO_SYSTEM_SOCKET "/run/picogradd/picogradd.sock"
+
+/* Writes the URL a client uses when given none into buf (cap bytes), as PROTOCOL.md section 1
+ * says: $PICOGRAD_URL when set; else the first of unix://$XDG_RUNTIME_DIR/picogradd.sock (when
+ * XDG_RUNTIME_DIR is set), unix://PROTO_SYSTEM_SOCKET and unix:///tmp/picogradd-$UID.sock whose
+ * path is an existing socket; else the first of those candidates. */
+void proto_client_url(char *buf, size_t cap);
+
 #endif /* PG_PROTO_H */

@@ -2,13 +2,15 @@
  * url.c - the two kinds of address picograd speaks: unix:///abs/path and tcp://host:port.
  *
  * The daemon and the C client parse addresses with the same code so that a URL that one accepts
- * the other accepts too; the default address is computed here for the same reason.
+ * the other accepts too; the default address is computed here for the same reason (the daemon's
+ * listener, and the client's search for a running daemon).
  */
 #include "proto.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int proto_parse_url(const char *url, proto_url_t *out, proto_err_t *err) {
@@ -64,4 +66,32 @@ void proto_default_url(char *buf, size_t cap, bool use_env) {
         snprintf(buf, cap, "unix://%s/picogradd.sock", xdg);
     else
         snprintf(buf, cap, "unix:///tmp/picogradd-%u.sock", (unsigned)getuid());
+}
+
+/* Whether path names a socket (an existing daemon's, or a stale one: connecting will tell). */
+static bool is_socket(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+void proto_client_url(char *buf, size_t cap) {
+    const char *env = getenv("PICOGRAD_URL");
+    if (env && *env) {
+        snprintf(buf, cap, "%s", env);
+        return;
+    }
+    char cand[3][192];
+    int n = 0;
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    if (xdg && xdg[0] == '/')
+        snprintf(cand[n++], sizeof(cand[0]), "unix://%.150s/picogradd.sock", xdg);
+    snprintf(cand[n++], sizeof(cand[0]), "unix://%s", PROTO_SYSTEM_SOCKET);
+    snprintf(cand[n++], sizeof(cand[0]), "unix:///tmp/picogradd-%u.sock", (unsigned)getuid());
+    int pick = 0;
+    for (int i = 0; i < n; i++)
+        if (is_socket(cand[i] + 7)) { /* past "unix://" */
+            pick = i;
+            break;
+        }
+    snprintf(buf, cap, "%s", cand[pick]);
 }

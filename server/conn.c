@@ -33,6 +33,11 @@
  * request's cancel flag is set (REQ_CANCEL_TIMEOUT) and the worker stops between steps or
  * chunks and replies `timeout`. While nothing is queued or running it is the idle deadline
  * (--idle-timeout): a connection that neither sent nor took a byte for that long is closed.
+ *
+ * Authentication. A connection of a listener that needs the token (auth.h) is served nothing
+ * until a hello with the right token has been answered: its frames are capped at
+ * LIM_PREAUTH_FRAME bytes, and any other request, or a hello with a wrong or missing token, is
+ * answered with unauthorized and closes the connection (what was queued behind it is dropped).
  */
 #include "daemon.h"
 #include "log.h"
@@ -68,6 +73,8 @@ typedef struct conn {
     bool eof;                  /* the peer closed its side: answer what is queued, then close */
     bool fatal;                /* a framing error was answered: close once written */
     bool closing;              /* uv_close was called */
+    bool needs_token;          /* its listener requires the token in hello */
+    bool authed;               /* a hello with the token succeeded (or none was needed) */
     int refs;                  /* open handles (the stream and the timer: 2) + a job on a
                                 * worker (0 or 1) */
     uv_buf_t *obufs;           /* reply fragments for the next write */
@@ -311,6 +318,17 @@ static void conn_flush(conn_t *c) {
     c->writes++;
 }
 
+/* Frees every request still queued. None may be on a worker. */
+static void conn_drop_queue(conn_t *c) {
+    while (c->qhead) {
+        req_t *r = c->qhead;
+        c->qhead = r->next;
+        req_free(r);
+    }
+    c->qtail = NULL;
+    c->nq = 0;
+}
+
 /* Turns the answered head request into reply fragments, counts it and frees it. */
 static void conn_finish_head(conn_t *c) {
     req_t *r = c->qhead;
@@ -354,8 +372,10 @@ static void conn_finish_head(conn_t *c) {
     }
     stats_count(r->op, r->status ? r->err.code : 0);
     c->sess.requests++;
-    if (r->fatal)
+    if (r->fatal) {
         c->fatal = true;
+        conn_drop_queue(c); /* nothing after the reply that closes the connection is served */
+    }
     req_free(r);
 }
 
@@ -373,12 +393,40 @@ static void conn_enqueue(conn_t *c, req_t *r) {
     c->nq++;
 }
 
+/* On a connection that has not authenticated yet, lets only a hello with the right token through;
+ * anything else becomes an unauthorized reply that closes the connection. */
+static void conn_gate(conn_t *c, req_t *r) {
+    if (r->fatal)
+        return; /* a framing error closes the connection anyway */
+    if (r->status == 0 && r->op == OPS_hello) {
+        if (auth_check_hello(&c->d->token, r->args, &r->err) == 0)
+            return;
+    } else if (r->status == 0) {
+        proto_fail(&r->err, PG_EUNAUTHORIZED,
+                   "'%s' before hello: this listener requires a hello with the token first",
+                   ops_name(r->op));
+    } else {
+        proto_fail(&r->err, PG_EUNAUTHORIZED,
+                   "a request before hello: this listener requires a hello with the token first");
+    }
+    r->status = -PG_EUNAUTHORIZED;
+    r->fatal = true;
+}
+
+/* A hello succeeded on c: it may now send anything, in frames up to --max-frame. */
+static void conn_authenticate(conn_t *c) {
+    c->authed = true;
+    c->rd.max_len = (uint32_t)c->d->cfg.max_frame;
+}
+
 /* Answers queued requests in order until one must wait for a worker, or the replies not yet
  * taken by the peer reach --max-unsent, then writes the replies. */
 static void conn_pump(conn_t *c) {
     while (c->qhead && !c->busy && !c->closing &&
            c->unsent + c->obytes < c->d->cfg.max_unsent) {
         req_t *r = c->qhead;
+        if (c->needs_token && !c->authed)
+            conn_gate(c, r);
         if (r->status == 0 && ops_where(r->op) == OPS_ON_WORKER &&
             (r->status = req_set_timeout(c->d, r)) == 0) {
             c->busy = true;
@@ -390,6 +438,8 @@ static void conn_pump(conn_t *c) {
             msgpack_packer pk;
             msgpack_packer_init(&pk, &r->out, msgpack_sbuffer_write);
             r->status = ops_execute(c->d, r, &pk);
+            if (r->status == 0 && r->op == OPS_hello && !c->authed)
+                conn_authenticate(c);
         }
         conn_finish_head(c);
     }
@@ -491,7 +541,11 @@ static void conn_on_frame(conn_t *c) {
 
 static void conn_on_bad_len(conn_t *c) {
     proto_err_t err;
-    if (c->rd.len == 0)
+    if (c->needs_token && !c->authed && c->rd.len > c->rd.max_len)
+        proto_fail(&err, PG_EUNAUTHORIZED,
+                   "frame length %u is over the %u bytes allowed before a hello with the token",
+                   c->rd.len, c->rd.max_len);
+    else if (c->rd.len == 0)
         proto_fail(&err, PG_EBAD_FRAME, "frame length 0: a frame holds one msgpack map");
     else
         proto_fail(&err, PG_EBAD_FRAME, "frame length %u is over the limit of %u bytes",
@@ -568,11 +622,7 @@ static void conn_release(conn_t *c) {
     if (c->refs > 0)
         return;
     daemon_t *d = c->d;
-    while (c->qhead) {
-        req_t *r = c->qhead;
-        c->qhead = r->next;
-        req_free(r);
-    }
+    conn_drop_queue(c);
     owners_release(c->oown, c->on);
     pg_free(c->oown);
     pg_free(c->obufs);
@@ -729,7 +779,12 @@ void conn_accept(listener_t *l) {
     c->refs = 2;
     c->last_active = uv_now(d->loop);
     sess_init(&c->sess, ++d->next_session);
-    proto_reader_init(&c->rd, (uint32_t)d->cfg.max_frame);
+    c->needs_token = l->needs_token;
+    c->authed = !c->needs_token;
+    /* Until it authenticates, a client that knows no token can make us reserve little. */
+    uint64_t max_len = c->needs_token && d->cfg.max_frame > LIM_PREAUTH_FRAME ? LIM_PREAUTH_FRAME
+                                                                              : d->cfg.max_frame;
+    proto_reader_init(&c->rd, (uint32_t)max_len);
     c->next = d->conns;
     if (d->conns)
         d->conns->prev = c;

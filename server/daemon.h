@@ -17,6 +17,7 @@
 #define PG_DAEMON_H
 
 #include "../protocol/proto.h"
+#include "auth.h"
 #include "limits.h"
 #include "pool.h"
 #include "session.h"
@@ -46,6 +47,9 @@ typedef struct {
     const char *cc;           /* --cc: the C compiler command for kernels (default "cc") */
     const char *cache_dir;    /* --cache-dir: where compiled kernels are kept between runs */
     uint32_t prepared_cache;  /* --prepared-cache: prepared run requests kept (0: none) */
+    const char *token_file;   /* --token-file: the token TCP listeners require, or NULL */
+    bool insecure;            /* --insecure: TCP listeners may run without a token */
+    uint32_t socket_mode;     /* --socket-mode: the mode of Unix socket files created (0600) */
 } cfg_t;
 
 struct conn;
@@ -96,6 +100,8 @@ typedef struct listener {
     proto_url_t url;          /* where it listens (a TCP port 0 is replaced by the real one) */
     bool is_unix;
     bool inited;              /* the handle was initialised: it must be closed with uv_close */
+    bool inherited;           /* a socket-activation fd: its socket file is not ours to remove */
+    bool needs_token;         /* its connections must send the token in hello (TCP + token) */
 } listener_t;
 
 typedef struct daemon {
@@ -113,6 +119,7 @@ typedef struct daemon {
     uv_signal_t sigint, sigterm;
     uv_timer_t shutdown_timer;
     uint64_t start_ns;                    /* uv_hrtime() at start, for uptime */
+    auth_token_t token;                   /* --token-file's token (token.set false: none) */
 } daemon_t;
 
 /* ---- main.c ---------------------------------------------------------------------------------*/
@@ -125,7 +132,16 @@ void daemon_check_done(daemon_t *d);
 /* Opens a listener for a URL; logs "listening on URL" (with the real port for tcp port 0).
  * Returns 0 or a negative libuv error (already logged). */
 int listen_open(daemon_t *d, const char *url);
-/* Closes every listener and removes the Unix socket files. */
+/* Serves the sockets systemd (or any launcher speaking its protocol) passed: when LISTEN_PID is
+ * this process and LISTEN_FDS is N >= 1, fds 3..3+N-1, each a listening Unix or TCP stream
+ * socket. Unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES (children such as the C compiler must
+ * not see them) and marks the fds close-on-exec. Returns how many listeners it added (0 when
+ * nothing was passed), or a negative libuv error, already logged (a TCP socket without a token
+ * and without --insecure is one). */
+int listen_inherit(daemon_t *d);
+/* Whether url is a TCP URL, which needs --token-file or --insecure. */
+bool listen_is_tcp_url(const char *url);
+/* Closes every listener and removes the Unix socket files it created (not inherited ones). */
 void listen_close_all(daemon_t *d);
 
 /* ---- conn.c ---------------------------------------------------------------------------------*/

@@ -91,6 +91,19 @@
 /* Listeners on one daemon (--listen is repeatable). */
 #define LIM_MAX_LISTENERS 16
 
+/* The longest token a --token-file may hold, in bytes. Fixed, not a flag: the constant-time
+ * comparison (server/auth.c) reads this many bytes on every hello, whatever the token's length,
+ * and a hello whose token is longer is refused without reading it. 1 KiB is far more than the
+ * 32-64 random bytes a token needs. */
+#define LIM_MAX_TOKEN_BYTES 1024
+
+/* The largest frame a connection that must authenticate (a TCP listener with --token-file) may
+ * send before its hello has succeeded. Fixed, not a flag: a hello is a few hundred bytes, and
+ * without this bound a client that knows no token could still make the daemon reserve
+ * --max-frame bytes (1 GiB by default) per connection. A longer frame is answered with
+ * unauthorized and closes the connection; after a successful hello --max-frame applies. */
+#define LIM_PREAUTH_FRAME (64u * 1024)
+
 /* The longest a `sleep` request may hold a worker, in seconds. */
 #define LIM_MAX_SLEEP_SECONDS 60.0
 
@@ -107,6 +120,9 @@
 #define LIM_PREPARED_TOTAL_PRIMS 100000
 #define LIM_PREPARED_MAX_WORDS (1u << 16)
 
+#if LIM_PREAUTH_FRAME < 2 * LIM_MAX_TOKEN_BYTES
+#error "a hello with the longest token must fit a frame sent before authentication"
+#endif
 #if LIM_MAX_FRAME_DEFAULT > LIM_MAX_FRAME_CEILING
 #error "the default frame limit must fit the 4-byte length prefix"
 #endif

@@ -1,8 +1,9 @@
 /*
  * main.c - picogradd's command line and life cycle.
  *
- * Start: parse flags, set the memory budget, start the compute workers, open every listener
- * (any failure stops the start with exit status 1), then run the libuv loop.
+ * Start: parse flags, read the token file, set the memory budget, start the compute workers, open
+ * every listener, inherited ones (socket activation) first (any failure stops the start with exit
+ * status 1), then run the libuv loop. A TCP listener needs --token-file or --insecure.
  * Stop (SIGINT or SIGTERM): close the listeners and remove their socket files, stop reading,
  * drop half-received frames, answer what was fully received, and exit 0 once every connection is
  * closed, or once --shutdown-timeout has passed, cancelling what still runs. A second signal
@@ -37,7 +38,16 @@ static void usage(FILE *f) {
             "\n"
             "  --listen URL            unix:///abs/path.sock or tcp://HOST:PORT (repeatable;\n"
             "                          default unix://$XDG_RUNTIME_DIR/picogradd.sock, else\n"
-            "                          unix:///tmp/picogradd-$UID.sock). TCP binds only where told.\n"
+            "                          unix:///tmp/picogradd-$UID.sock; none when sockets are\n"
+            "                          passed by socket activation, LISTEN_FDS). TCP binds only\n"
+            "                          where told, and needs --token-file or --insecure.\n"
+            "  --token-file FILE       TCP clients must send this token (the file's content\n"
+            "                          without surrounding white space) in hello; Unix socket\n"
+            "                          clients need none (the socket's mode protects them)\n"
+            "  --insecure              allow TCP listeners without --token-file: anyone who\n"
+            "                          can reach the port can use the daemon\n"
+            "  --socket-mode OCTAL     mode of the Unix socket files created (default 0600;\n"
+            "                          0660 lets the socket's group connect)\n"
             "  --threads N             compute worker threads (default: online CPUs)\n"
             "  --max-frame BYTES       largest request frame (default 1G; at most 4G-1)\n"
             "  --max-memory BYTES      budget for tensors and frames (default: 3/4 of RAM)\n"
@@ -129,6 +139,7 @@ enum {
     OPT_MAX_UNSENT, OPT_MAX_SESSIONS, OPT_SHUTDOWN_TIMEOUT, OPT_LOG_LEVEL, OPT_HELP, OPT_VERSION,
     OPT_JIT, OPT_CC, OPT_CACHE_DIR, OPT_JIT_MIN_WORK, OPT_PREPARED_CACHE, OPT_DUMP_CUDA,
     OPT_MAX_SESSION_MEMORY, OPT_MAX_NODES, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT,
+    OPT_TOKEN_FILE, OPT_INSECURE, OPT_SOCKET_MODE,
 };
 
 /* Fills cfg from argv. Returns 0 to run, 1 for a usage error, 2 after --help or --version. */
@@ -153,6 +164,9 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
         {"jit-min-work", required_argument, NULL, OPT_JIT_MIN_WORK},
         {"prepared-cache", required_argument, NULL, OPT_PREPARED_CACHE},
         {"dump-cuda", required_argument, NULL, OPT_DUMP_CUDA},
+        {"token-file", required_argument, NULL, OPT_TOKEN_FILE},
+        {"insecure", no_argument, NULL, OPT_INSECURE},
+        {"socket-mode", required_argument, NULL, OPT_SOCKET_MODE},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -176,6 +190,7 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
     cfg->cc = "cc";
     cfg->cache_dir = NULL; /* main picks the default */
     cfg->prepared_cache = LIM_PREPARED_CACHE_DEFAULT;
+    cfg->socket_mode = 0600;
 
     int opt;
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -292,6 +307,29 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
                 return 1;
             }
             break;
+        case OPT_TOKEN_FILE:
+            if (!optarg[0]) {
+                fprintf(stderr, "picogradd: --token-file must name a file\n");
+                return 1;
+            }
+            cfg->token_file = optarg;
+            break;
+        case OPT_INSECURE:
+            cfg->insecure = true;
+            break;
+        case OPT_SOCKET_MODE: {
+            char *end;
+            errno = 0;
+            unsigned long m = strtoul(optarg, &end, 8);
+            if (!optarg[0] || *end || errno || optarg[0] == '-' || m > 0777) {
+                fprintf(stderr, "picogradd: --socket-mode must be an octal mode 0 to 0777, "
+                                "e.g. 0660, got '%s'\n",
+                        optarg);
+                return 1;
+            }
+            cfg->socket_mode = (uint32_t)m;
+            break;
+        }
         case OPT_HELP:
             usage(stdout);
             return 2;
@@ -310,6 +348,17 @@ static int parse_args(int argc, char **argv, cfg_t *cfg) {
     /* No quota of its own: a session may use the whole budget. */
     if (cfg->max_session_memory == 0 || cfg->max_session_memory > cfg->max_memory)
         cfg->max_session_memory = cfg->max_memory;
+    /* The token crosses TCP in clear, but without one anyone who reaches the port owns the
+     * daemon: an operator has to choose one of the two explicitly. */
+    for (int i = 0; i < cfg->nlisten && !cfg->token_file && !cfg->insecure; i++)
+        if (listen_is_tcp_url(cfg->listen[i])) {
+            fprintf(stderr,
+                    "picogradd: --listen %s: a TCP listener needs --token-file FILE (clients "
+                    "then send the token in hello), or --insecure to let anyone who can reach "
+                    "the port use the daemon\n",
+                    cfg->listen[i]);
+            return 1;
+        }
     return 0;
 }
 
@@ -379,10 +428,8 @@ int main(int argc, char **argv) {
     int prc = parse_args(argc, argv, &d->cfg);
     if (prc)
         return prc == 2 ? 0 : 1;
-    if (d->cfg.nlisten == 0) {
-        proto_default_url(default_url, sizeof(default_url), false);
-        d->cfg.listen[d->cfg.nlisten++] = default_url;
-    }
+    if (d->cfg.token_file && auth_token_load(d->cfg.token_file, &d->token) != 0)
+        return 1;
     g_daemon = d;
     mem_init(d->cfg.max_memory);
     if (uv_loop_init(&loop) != 0) {
@@ -414,6 +461,14 @@ int main(int argc, char **argv) {
     uv_signal_init(d->loop, &d->sigterm);
     uv_timer_init(d->loop, &d->shutdown_timer);
     d->sigint.data = d->sigterm.data = d->shutdown_timer.data = d;
+    /* Sockets passed by systemd replace the default listener; --listen adds to them. */
+    int inherited = listen_inherit(d);
+    if (inherited < 0)
+        goto out_stop;
+    if (d->cfg.nlisten == 0 && inherited == 0) {
+        proto_default_url(default_url, sizeof(default_url), false);
+        d->cfg.listen[d->cfg.nlisten++] = default_url;
+    }
     for (int i = 0; i < d->cfg.nlisten; i++)
         if (listen_open(d, d->cfg.listen[i]) != 0)
             goto out_stop;
@@ -441,6 +496,7 @@ out_loop:
     if (d->cfg.jit)
         jit_shutdown();
     dev_shutdown();
+    auth_token_wipe(&d->token);
     if (uv_loop_close(&loop) != 0)
         log_warn("event loop closed with live handles");
     mem_data_trim();

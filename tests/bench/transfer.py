@@ -367,9 +367,10 @@ def main():
     splits = []  # (socket, size, put GB/s, get GB/s) for the notes
     errors = []
     try:
+        # --insecure: the raw TCP requests of this benchmark send no token (loopback only).
         daemon = Server("picogradd", [args.daemon, "--listen", "unix://%s/pg.sock" % tmp,
-                                      "--listen", "tcp://127.0.0.1:0"] + args.daemon_arg, tmp,
-                        server_cpus)
+                                      "--listen", "tcp://127.0.0.1:0", "--insecure"]
+                        + args.daemon_arg, tmp, server_cpus)
         servers.append(daemon)
         raw_u = Server("raw_echo_unix", [args.raw_echo, "--listen", "unix://%s/raw.sock" % tmp],
                        tmp, server_cpus)

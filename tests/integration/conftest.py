@@ -1,7 +1,8 @@
 """Fixtures for the integration tests: real picogradd processes, started and checked per test.
 
 The daemon binary is build/bin/picogradd under the repository root, or $PICOGRAD_DAEMON. Each
-daemon runs in its own temporary directory with a Unix listener and a TCP listener on port 0; its
+daemon runs in its own temporary directory with a Unix listener and a TCP listener on port 0 (with
+--insecure, so tests reach it over TCP without a token, unless given a ``token``); its
 stdout and stderr go to a log file, which is how the fixture learns the real TCP port (the daemon
 logs "listening on <url>" per listener) and how teardown spots sanitizer reports. Teardown sends
 SIGTERM and requires exit status 0: a daemon that crashes or leaks into ASan output fails the test
@@ -60,15 +61,24 @@ class Daemon:
 
     ``unix_url`` and ``tcp_url`` are the URLs of the running process (``tcp_url`` is None when it
     has no TCP listener); ``proc`` is its Popen; ``log_path`` holds its stdout and stderr.
+    ``token`` (a str) starts it with ``--token-file`` holding it (``token_path``), so its TCP
+    listener requires the token; without one it gets ``--insecure`` unless ``insecure`` is False.
     """
 
-    def __init__(self, tmpdir, name="pg", listen=None, extra_args=()):
+    def __init__(self, tmpdir, name="pg", listen=None, extra_args=(), token=None, insecure=True):
         self.tmpdir = Path(tmpdir)
         self.name = name
         self.socket_path = self.tmpdir / f"{name}.sock"
         self.listen = list(listen) if listen is not None else [
             f"unix://{self.socket_path}", "tcp://127.0.0.1:0"]
         self.extra_args = list(extra_args)
+        self.token = token
+        self.insecure = insecure
+        self.token_path = None
+        if token is not None:
+            self.token_path = self.tmpdir / f"{name}.token"
+            self.token_path.write_text(token)
+            self.token_path.chmod(0o600)
         self.proc = None
         self.log_path = None
         self.unix_url = None
@@ -96,6 +106,10 @@ class Daemon:
         args = [str(DAEMON_BIN)]
         for url in self.listen:
             args += ["--listen", url]
+        if self.token_path is not None:
+            args += ["--token-file", str(self.token_path)]
+        elif self.insecure:
+            args += ["--insecure"]
         args += ["--log-level", "info"] + DAEMON_ARGS + self.extra_args
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT,
@@ -188,15 +202,17 @@ def _test_device():
 
 @pytest.fixture
 def daemon_factory(tmp_path):
-    """Returns ``make(extra_args=(), listen=None, name=None, wait=True) -> Daemon``.
+    """Returns ``make(extra_args=(), listen=None, name=None, wait=True, token=None,
+    insecure=True) -> Daemon``.
 
     Every daemon made is stopped and checked (exit 0 after SIGTERM, no sanitizer output) at
     teardown.
     """
     made = []
 
-    def make(extra_args=(), listen=None, name=None, wait=True):
-        d = Daemon(tmp_path, name=name or f"pg{len(made)}", listen=listen, extra_args=extra_args)
+    def make(extra_args=(), listen=None, name=None, wait=True, token=None, insecure=True):
+        d = Daemon(tmp_path, name=name or f"pg{len(made)}", listen=listen, extra_args=extra_args,
+                   token=token, insecure=insecure)
         made.append(d)
         return d.start(wait=wait)
 

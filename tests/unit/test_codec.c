@@ -6,7 +6,11 @@
 #include "proto.h"
 #include "task.h"
 
+#include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 
 /* Packs a map with msgpack-c into a fresh sbuffer. */
 static msgpack_sbuffer pack_put(const char *dtype, int rank, const int64_t *shape,
@@ -414,6 +418,48 @@ TEST_IMPL(urls) {
     return 0;
 }
 
+/* The client's search (PROTOCOL.md section 1): $PICOGRAD_URL, else the first existing socket of
+ * the runtime dir's, the system service's and /tmp's, else the first candidate. */
+TEST_IMPL(client_url_search) {
+    char buf[200], dir[] = "/tmp/pgurl-XXXXXX", sock[64], want[160];
+    ASSERT(mkdtemp(dir) != NULL);
+    setenv("PICOGRAD_URL", "tcp://1.2.3.4:5", 1);
+    proto_client_url(buf, sizeof(buf));
+    ASSERT_STR_EQ(buf, "tcp://1.2.3.4:5");
+    unsetenv("PICOGRAD_URL");
+    setenv("XDG_RUNTIME_DIR", dir, 1);
+    snprintf(want, sizeof(want), "unix://%s/picogradd.sock", dir);
+    /* No socket in the runtime dir: it is still chosen unless a later candidate exists. */
+    char tmp_sock[64];
+    snprintf(tmp_sock, sizeof(tmp_sock), "/tmp/picogradd-%u.sock", (unsigned)getuid());
+    struct stat st;
+    bool later = stat(PROTO_SYSTEM_SOCKET, &st) == 0 || stat(tmp_sock, &st) == 0;
+    proto_client_url(buf, sizeof(buf));
+    if (!later)
+        ASSERT_STR_EQ(buf, want);
+    /* A socket there wins over every later candidate. */
+    snprintf(sock, sizeof(sock), "%s/picogradd.sock", dir);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+    ASSERT_EQ(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    proto_client_url(buf, sizeof(buf));
+    ASSERT_STR_EQ(buf, want);
+    close(fd);
+    unlink(sock);
+    /* A regular file of that name is not a socket: skipped. */
+    FILE *f = fopen(sock, "w");
+    ASSERT(f != NULL);
+    fclose(f);
+    proto_client_url(buf, sizeof(buf));
+    if (later)
+        ASSERT(strcmp(buf, want) != 0);
+    unlink(sock);
+    rmdir(dir);
+    unsetenv("XDG_RUNTIME_DIR");
+    return 0;
+}
+
 #define TEST_LIST(X)                                                                               \
     X(len_prefix)                                                                                  \
     X(reader_any_split)                                                                            \
@@ -425,6 +471,7 @@ TEST_IMPL(urls) {
     X(getters)                                                                                     \
     X(shapes)                                                                                      \
     X(error_reply_roundtrip)                                                                       \
-    X(urls)
+    X(urls)                                                                                        \
+    X(client_url_search)
 
 TEST_MAIN(TEST_LIST)

@@ -76,10 +76,17 @@ typedef struct {
     double run_execute_seconds; /* of which the steps and the outputs */
 } pg_stats_t;
 
-/* Connects to url ("unix:///path" or "tcp://host:port"; NULL: $PICOGRAD_URL, then the default
- * socket) and says hello. Returns a new connection (free with pg_close()), or NULL with *err
- * filled when err is not NULL. */
+/* Connects to url ("unix:///path" or "tcp://host:port"; NULL: $PICOGRAD_URL, else the first
+ * existing socket of $XDG_RUNTIME_DIR/picogradd.sock, /run/picogradd/picogradd.sock,
+ * /tmp/picogradd-$UID.sock; PROTOCOL.md section 1) and says hello, with $PICOGRAD_TOKEN as the
+ * token when it is set. Returns a new connection (free with pg_close()), or NULL with *err filled
+ * when err is not NULL (-PG_EUNAUTHORIZED: the listener needs a token and got none or a wrong
+ * one). */
 PG_API pg_conn_t *pg_connect(const char *url, pg_error_t *err);
+/* pg_connect with an explicit token (borrowed; copied, and sent again by pg_reconnect): the
+ * daemon's --token-file content, which TCP listeners of a daemon with a token file require in
+ * hello. Surrounding white space is ignored. NULL: $PICOGRAD_TOKEN, or none when unset. */
+PG_API pg_conn_t *pg_connect_token(const char *url, const char *token, pg_error_t *err);
 /* Closes the old socket (its session and tensors are gone) and connects again to the same URL. */
 PG_API int pg_reconnect(pg_conn_t *c);
 /* Closes the connection; the daemon frees everything the session owned. NULL is ignored. */

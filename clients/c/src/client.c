@@ -9,6 +9,7 @@
  */
 #include "internal.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <netdb.h>
@@ -308,11 +309,15 @@ static int hello(pg_conn_t *c) {
     msgpack_sbuffer sb;
     msgpack_packer pk;
     pg__reply_t r;
-    pg__begin(&sb, &pk, "hello", 2);
+    pg__begin(&sb, &pk, "hello", c->token ? 3 : 2);
     proto_pack_cstr(&pk, "version");
     msgpack_pack_uint32(&pk, PROTO_VERSION);
     proto_pack_cstr(&pk, "client");
     proto_pack_cstr(&pk, "picograd-c");
+    if (c->token) {
+        proto_pack_cstr(&pk, "token");
+        proto_pack_cstr(&pk, c->token);
+    }
     pg__add_id(c, &pk);
     int rc = pg__roundtrip(c, &sb, NULL, 0, &r);
     msgpack_sbuffer_destroy(&sb);
@@ -323,7 +328,22 @@ static int hello(pg_conn_t *c) {
     return rc;
 }
 
-pg_conn_t *pg_connect(const char *url, pg_error_t *err) {
+/* Returns a new copy of s (malloc) without surrounding white space, or NULL when s is NULL,
+ * blank, or memory runs out. */
+static char *strip_dup(const char *s) {
+    if (!s)
+        return NULL;
+    while (isspace((unsigned char)*s))
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && isspace((unsigned char)s[n - 1]))
+        n--;
+    return n ? strndup(s, n) : NULL;
+}
+
+pg_conn_t *pg_connect(const char *url, pg_error_t *err) { return pg_connect_token(url, NULL, err); }
+
+pg_conn_t *pg_connect_token(const char *url, const char *token, pg_error_t *err) {
     pg_error_t local;
     if (!err)
         err = &local;
@@ -332,10 +352,12 @@ pg_conn_t *pg_connect(const char *url, pg_error_t *err) {
         pg__set_err(err, PG_EOUT_OF_MEMORY, "no memory for a connection");
         return NULL;
     }
+    const char *tok = token ? token : getenv("PICOGRAD_TOKEN");
+    c->token = strip_dup(tok);
     if (url)
         snprintf(c->url, sizeof(c->url), "%s", url);
     else
-        proto_default_url(c->url, sizeof(c->url), true);
+        proto_client_url(c->url, sizeof(c->url));
     c->next_id = 1;
     c->fd = dial(c->url, err);
     if (c->fd < 0) {
@@ -365,6 +387,7 @@ void pg_close(pg_conn_t *c) {
     if (c->fd >= 0)
         close(c->fd);
     free(c->ops);
+    free(c->token);
     free(c);
 }
 

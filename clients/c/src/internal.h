@@ -24,6 +24,7 @@ struct pg_conn {
     char *ops;           /* hello's `ops`: names back to back, each NUL-terminated (owned,
                           * malloc; NULL before hello or when the reply had none) */
     size_t ops_len;      /* bytes of ops */
+    char *token;         /* sent in hello (owned, malloc; NULL: none), without white space */
 };
 
 /* A decoded reply; frame owns the bytes msg points into. */

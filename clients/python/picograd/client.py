@@ -51,8 +51,11 @@ class Connection:
     """One connection, hence one session, to picogradd.
 
     ``url`` is ``unix:///abs/path`` or ``tcp://host:port`` (default: ``wire.default_url()``);
-    ``timeout`` (seconds, None for none) bounds each connect, send and receive. Opening sends
-    ``hello`` and keeps its reply in ``server_info``.
+    ``timeout`` (seconds, None for none) bounds each connect, send and receive. ``token`` is the
+    daemon's shared token (default: ``$PICOGRAD_TOKEN``), sent in ``hello``: a TCP listener of a
+    daemon started with ``--token-file`` requires it and answers ``unauthorized`` (closing the
+    connection) without it; Unix sockets ignore it. It crosses TCP in clear (README, "Security").
+    Opening sends ``hello`` and keeps its reply in ``server_info``.
 
     Thread safety: ``call`` and the op helpers hold a lock from sending a request to reading its
     reply, so threads may share a Connection (their requests simply take turns). ``send``/``recv``
@@ -61,10 +64,11 @@ class Connection:
     One connection per thread is faster when threads do heavy transfers.
     """
 
-    def __init__(self, url=None, timeout=None):
+    def __init__(self, url=None, timeout=None, token=None):
         self.url = url if url is not None else wire.default_url()
         self._address = wire.parse_url(self.url)
         self.timeout = timeout
+        self._token = token.strip() if token is not None else wire.default_token()
         self.server_info = None
         self._sock = None
         self._reader = None
@@ -85,7 +89,10 @@ class Connection:
         self._reader = wire.FrameReader(self._sock)
         self._pending = 0
         try:
-            self.server_info = self.call("hello", version=PROTOCOL_VERSION, client=CLIENT_NAME)
+            fields = {"version": PROTOCOL_VERSION, "client": CLIENT_NAME}
+            if self._token:
+                fields["token"] = self._token
+            self.server_info = self.call("hello", **fields)
         except BaseException:
             self.close()
             raise
@@ -330,13 +337,13 @@ _default = None
 _default_lock = threading.Lock()
 
 
-def connect(url=None, timeout=None):
-    """Opens a Connection, makes it the module default and returns it.
+def connect(url=None, timeout=None, token=None):
+    """Opens a Connection (``token``: see Connection), makes it the module default and returns it.
 
     Calling it again replaces the default; earlier Connection objects stay open and usable.
     """
     global _default
-    conn = Connection(url, timeout)
+    conn = Connection(url, timeout, token)
     with _default_lock:
         _default = conn
     return conn

@@ -21,6 +21,7 @@ section 4; the client adds its own for failures the daemon never sees (see ``CLI
 
 import os
 import socket
+import stat
 import struct
 
 import msgpack
@@ -33,6 +34,9 @@ __all__ = [
     "Address",
     "parse_url",
     "default_url",
+    "default_url_candidates",
+    "default_token",
+    "SYSTEM_SOCKET",
     "open_socket",
     "encode_frame",
     "bin_header",
@@ -40,6 +44,9 @@ __all__ = [
     "send_buffers",
     "FrameReader",
 ]
+
+# The system service's socket (deploy/picogradd.socket), served to the members of group picograd.
+SYSTEM_SOCKET = "/run/picogradd/picogradd.sock"
 
 # The daemon's error codes (PROTOCOL.md section 4), each with what it means. A reply may carry a
 # code added after this client was written: PicogradError keeps any code unchanged.
@@ -164,23 +171,56 @@ def parse_url(url):
     raise PicogradError("bad_url", f"{url!r}: expected unix:///abs/path or tcp://host:port")
 
 
-def default_url(environ=None, uid=None):
+def default_url_candidates(environ=None, uid=None):
+    """Returns the Unix socket URLs a client tries when given no URL, in PROTOCOL.md's order.
+
+    ``$XDG_RUNTIME_DIR/picogradd.sock`` (the user's own daemon; only when the variable is set),
+    ``/run/picogradd/picogradd.sock`` (the system service, deploy/picogradd.socket), then
+    ``/tmp/picogradd-$UID.sock`` (a user's daemon without a runtime directory).
+    """
+    env = os.environ if environ is None else environ
+    urls = []
+    runtime_dir = env.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
+        urls.append("unix://" + runtime_dir.rstrip("/") + "/picogradd.sock")
+    urls.append("unix://" + SYSTEM_SOCKET)
+    if uid is None:
+        uid = os.getuid()
+    urls.append(f"unix:///tmp/picogradd-{uid}.sock")
+    return urls
+
+
+def _is_socket(path):
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def default_url(environ=None, uid=None, is_socket=None):
     """Returns the URL a client uses when given none, in PROTOCOL.md's order.
 
-    ``PICOGRAD_URL`` wins, then ``$XDG_RUNTIME_DIR/picogradd.sock``, then
-    ``/tmp/picogradd-$UID.sock``. The arguments exist for tests; by default the real environment
-    and user id are read.
+    ``PICOGRAD_URL`` wins; else the first of ``default_url_candidates()`` whose socket exists;
+    else the first candidate, so that the connect error names the most likely place. The
+    arguments exist for tests; by default the real environment, user id and file system are read.
     """
     env = os.environ if environ is None else environ
     url = env.get("PICOGRAD_URL")
     if url:
         return url
-    runtime_dir = env.get("XDG_RUNTIME_DIR")
-    if runtime_dir:
-        return "unix://" + runtime_dir.rstrip("/") + "/picogradd.sock"
-    if uid is None:
-        uid = os.getuid()
-    return f"unix:///tmp/picogradd-{uid}.sock"
+    is_socket = _is_socket if is_socket is None else is_socket
+    candidates = default_url_candidates(env, uid)
+    for candidate in candidates:
+        if is_socket(candidate[len("unix://"):]):
+            return candidate
+    return candidates[0]
+
+
+def default_token(environ=None):
+    """Returns the token to send in hello when none is given: ``PICOGRAD_TOKEN`` without
+    surrounding white space, or None when it is unset or empty."""
+    env = os.environ if environ is None else environ
+    return (env.get("PICOGRAD_TOKEN") or "").strip() or None
 
 
 def open_socket(address, timeout=None):

@@ -176,12 +176,42 @@ def test_parse_url():
 
 
 def test_default_url_order():
+    none = lambda path: False  # noqa: E731  (no socket exists)
     env = {"PICOGRAD_URL": "tcp://h:1", "XDG_RUNTIME_DIR": "/run/user/5"}
-    assert wire.default_url(env, uid=5) == "tcp://h:1"
+    assert wire.default_url(env, uid=5, is_socket=none) == "tcp://h:1"
     del env["PICOGRAD_URL"]
-    assert wire.default_url(env, uid=5) == "unix:///run/user/5/picogradd.sock"
-    assert wire.default_url({}, uid=5) == "unix:///tmp/picogradd-5.sock"
-    assert wire.default_url({"PICOGRAD_URL": ""}, uid=7) == "unix:///tmp/picogradd-7.sock"
+    # No socket anywhere: the first candidate, so the connect error names it.
+    assert wire.default_url(env, uid=5, is_socket=none) == "unix:///run/user/5/picogradd.sock"
+    assert wire.default_url({}, uid=5, is_socket=none) == "unix:///run/picogradd/picogradd.sock"
+    assert (wire.default_url({"PICOGRAD_URL": ""}, uid=7, is_socket=none)
+            == "unix:///run/picogradd/picogradd.sock")
+    assert wire.default_url_candidates(env, uid=5) == [
+        "unix:///run/user/5/picogradd.sock", "unix:///run/picogradd/picogradd.sock",
+        "unix:///tmp/picogradd-5.sock"]
+    # The first existing socket wins, in that order.
+    for existing, want in [({"/run/picogradd/picogradd.sock", "/tmp/picogradd-5.sock"},
+                            "unix:///run/picogradd/picogradd.sock"),
+                           ({"/tmp/picogradd-5.sock"}, "unix:///tmp/picogradd-5.sock"),
+                           ({"/run/user/5/picogradd.sock", "/tmp/picogradd-5.sock"},
+                            "unix:///run/user/5/picogradd.sock")]:
+        assert wire.default_url(env, uid=5, is_socket=existing.__contains__) == want
+
+
+def test_default_url_sees_real_sockets(tmp_path):
+    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    path = tmp_path / "picogradd.sock"
+    path.write_text("")  # a regular file is not a socket
+    assert wire._is_socket(str(path)) is False
+    path.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(path))
+        assert wire.default_url(env) == f"unix://{path}"
+
+
+def test_default_token():
+    assert wire.default_token({}) is None
+    assert wire.default_token({"PICOGRAD_TOKEN": "  "}) is None
+    assert wire.default_token({"PICOGRAD_TOKEN": " abc\n"}) == "abc"
 
 
 def test_error_str():
