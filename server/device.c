@@ -95,8 +95,8 @@ int dev_from_request(const msgpack_object *args, dev_id_t *out, proto_err_t *err
 
 void dev_init(const char *cache_dir) {
 #ifdef PICOGRAD_HAVE_CUDA
-    cuda_load();
-    cuda_module_init(cache_dir);
+    if (cuda_load() > 0)
+        cuda_module_init(cache_dir); /* cubins under <cache_dir>/cuda, only with a GPU */
 #else
     (void)cache_dir;
     log_info("cuda: not built (PICOGRAD_CUDA=OFF), serving the CPU only");
