@@ -273,7 +273,10 @@ int crun_begin(crun_t *c, sess_t *s, int dev, ref_view_t *vals, proto_err_t *err
     c->dev = dev;
     c->vals = vals;
     CUstream st = NULL;
-    return sess_stream(s, dev, &st, err); /* fails early when the device cannot be entered */
+    int rc = sess_stream(s, dev, &st, err); /* fails early when the device cannot be entered */
+    if (rc == 0)
+        cuda_mem_defer_begin(); /* buffers dropped mid-run may still be read by queued kernels */
+    return rc;
 }
 
 static int node_fail(const graph_t *g, int32_t i, proto_err_t *err, const char *what) {
@@ -539,6 +542,7 @@ int crun_end(crun_t *c, proto_err_t *err) {
     int rc = sess_stream(c->sess, c->dev, &st, err);
     if (!rc)
         rc = cuda_stream_sync(c->dev, st, err);
+    cuda_mem_defer_end(); /* nothing of this run is queued any more */
     for (size_t i = 0; i < 2 * c->ncopies; i++)
         tensor_unref(c->copy_of[i]);
     pg_free(c->copy_of);

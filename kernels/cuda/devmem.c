@@ -12,6 +12,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <string.h>
 
 #define DM_SMALL (1ull << 20)   /* up to here sizes round to DM_SMALL_Q ... */
 #define DM_SMALL_Q 512ull
@@ -135,9 +136,58 @@ int cuda_mem_alloc(int dev, uint64_t n, CUdeviceptr *ptr, proto_err_t *err) {
     return 0;
 }
 
+/* The blocks a thread frees while a run's work may be pending (cuda_mem_defer_begin). */
+typedef struct {
+    bool on;
+    dm_block_t *b;
+    int *dev;
+    size_t n, cap;
+} dm_defer_t;
+static _Thread_local dm_defer_t defer;
+
+static void dm_keep(int dev, CUdeviceptr ptr, uint64_t n);
+
+void cuda_mem_defer_begin(void) { defer.on = true; }
+
+void cuda_mem_defer_end(void) {
+    defer.on = false;
+    for (size_t i = 0; i < defer.n; i++)
+        dm_keep(defer.dev[i], defer.b[i].p, defer.b[i].n);
+    pg_free(defer.b);
+    pg_free(defer.dev);
+    memset(&defer, 0, sizeof(defer));
+}
+
 void cuda_mem_free(int dev, CUdeviceptr ptr, uint64_t n) {
     if (!ptr)
         return;
+    if (defer.on) {
+        if (defer.n == defer.cap) {
+            size_t cap = defer.cap ? defer.cap * 2 : 32;
+            dm_block_t *b = pg_realloc_array(defer.b, cap, sizeof(*b));
+            if (b)
+                defer.b = b;
+            int *d = b ? pg_realloc_array(defer.dev, cap, sizeof(*d)) : NULL;
+            if (d)
+                defer.dev = d;
+            if (!b || !d) { /* no room to hold it back: wait for the device, then keep it */
+                proto_err_t e;
+                if (cuda_enter(dev, &e) == 0)
+                    cuda_driver()->cuCtxSynchronize();
+                dm_keep(dev, ptr, n);
+                return;
+            }
+            defer.cap = cap;
+        }
+        defer.b[defer.n] = (dm_block_t){n, ptr};
+        defer.dev[defer.n++] = dev;
+        return;
+    }
+    dm_keep(dev, ptr, n);
+}
+
+/* Puts a block of n requested bytes in the device's kept lists. */
+static void dm_keep(int dev, CUdeviceptr ptr, uint64_t n) {
     uint64_t size = dm_round(n);
     dm_dev_t *m = dm_dev(dev);
     pthread_mutex_lock(&m->lock);

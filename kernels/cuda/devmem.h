@@ -43,6 +43,13 @@ int cuda_mem_alloc(int dev, uint64_t n, CUdeviceptr *ptr, proto_err_t *err);
 /* Gives a block back (kept for reuse). ptr 0 is ignored. */
 void cuda_mem_free(int dev, CUdeviceptr ptr, uint64_t n);
 
+/* Between these two calls, blocks the calling thread frees are held back instead of being kept
+ * for reuse: a run's kernels are queued on its session's stream and may still read a buffer the
+ * run has already dropped, and a kept block can go to another session whose stream does not wait
+ * for ours. cuda_mem_defer_end (after the stream is synchronized) returns them. */
+void cuda_mem_defer_begin(void);
+void cuda_mem_defer_end(void);
+
 /* Frees every kept block of every device (at shutdown, or to hand memory back). */
 void cuda_mem_trim(void);
 
