@@ -10,6 +10,7 @@
 
 #ifdef PICOGRAD_HAVE_CUDA
 #include "../kernels/cuda/copy.h"
+#include "../kernels/cuda/devmem.h"
 #include "../kernels/cuda/load.h"
 #include "../kernels/cuda/module.h"
 #endif
@@ -120,6 +121,44 @@ int dev_cuda_count(void) {
 #else
     return 0;
 #endif
+}
+
+void dev_pack_stats(msgpack_packer *pk) {
+    proto_pack_cstr(pk, "cuda");
+    int n = dev_cuda_count();
+    msgpack_pack_map(pk, 2);
+    proto_pack_cstr(pk, "devices");
+    msgpack_pack_array(pk, (size_t)n);
+#ifdef PICOGRAD_HAVE_CUDA
+    for (int i = 0; i < n; i++) {
+        uint64_t used, cached, peak;
+        char name[24];
+        cuda_mem_stats(i, &used, &cached, &peak);
+        snprintf(name, sizeof(name), "cuda:%d", i);
+        msgpack_pack_map(pk, 4);
+        proto_pack_cstr(pk, "name");
+        proto_pack_cstr(pk, name);
+        proto_pack_cstr(pk, "bytes_in_use");
+        msgpack_pack_uint64(pk, used);
+        proto_pack_cstr(pk, "bytes_cached");
+        msgpack_pack_uint64(pk, cached);
+        proto_pack_cstr(pk, "bytes_peak");
+        msgpack_pack_uint64(pk, peak);
+    }
+    cuda_module_stats_t ks = cuda_module_stats();
+#else
+    struct { uint64_t compiled, memory_hits, disk_hits; double compile_seconds; } ks = {0};
+#endif
+    proto_pack_cstr(pk, "kernels");
+    msgpack_pack_map(pk, 4);
+    proto_pack_cstr(pk, "compiled");
+    msgpack_pack_uint64(pk, ks.compiled);
+    proto_pack_cstr(pk, "memory_hits");
+    msgpack_pack_uint64(pk, ks.memory_hits);
+    proto_pack_cstr(pk, "disk_hits");
+    msgpack_pack_uint64(pk, ks.disk_hits);
+    proto_pack_cstr(pk, "compile_seconds");
+    msgpack_pack_double(pk, ks.compile_seconds);
 }
 
 void dev_pack_cuda(msgpack_packer *pk, int i) {

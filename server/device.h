@@ -49,6 +49,10 @@ void dev_shutdown(void);
 
 /* The number of CUDA devices listed by hello (0 without the backend or a GPU). */
 int dev_cuda_count(void);
+/* Packs stats' "cuda" key and its map (1 map entry): "devices", per GPU its name and bytes in
+ * tensors, kept by the caching allocator and at most in use; "kernels", the CUDA kernel cache's
+ * compiled / memory_hits / disk_hits / compile_seconds. Empty list and zeros without a GPU. */
+void dev_pack_stats(msgpack_packer *pk);
 /* Packs hello's map for CUDA device i (< dev_cuda_count()): name, kind, model, memory,
  * compute_capability, ready. */
 void dev_pack_cuda(msgpack_packer *pk, int i);

@@ -150,7 +150,7 @@ int ops_ping(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
 
 int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     (void)err;
-    proto_pack_reply_head(pk, 2 + 15, true, r->id, true);
+    proto_pack_reply_head(pk, 2 + 16, true, r->id, true);
     key(pk, "sessions");
     msgpack_pack_uint64(pk, d->nconns);
     key(pk, "tensors");
@@ -204,6 +204,7 @@ int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     msgpack_pack_uint64(pk, r->sess->bytes);
     key(pk, "requests");
     msgpack_pack_uint64(pk, r->sess->requests);
+    dev_pack_stats(pk); /* GPU memory and CUDA kernels */
     return 0;
 }
 

@@ -139,6 +139,10 @@ def test_device_out_of_memory_is_an_error_reply(daemon_factory, monkeypatch):
         got = c.call("get", handle=h)
         assert np.frombuffer(got["data"], np.float32).tolist() == mid.tolist()
         assert "releasing" in d.log() and "cached bytes" in d.log()
+        gpu0 = c.call("stats")["cuda"]["devices"][0]
+        assert gpu0["name"] == "cuda:0" and gpu0["bytes_in_use"] >= mid.nbytes
+        c.call("free", handle=h)
+        assert c.call("stats")["cuda"]["devices"][0]["bytes_in_use"] == 0
         assert c.call("ping")["ok"] is True
     finally:
         c.close()
