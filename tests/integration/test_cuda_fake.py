@@ -162,3 +162,25 @@ def test_kernels_without_a_gpu_fail_cleanly(daemon_factory, monkeypatch):
         assert c.call("ping")["ok"] is True
     finally:
         c.close()
+
+
+def test_layers_take_device(gpu_conn):
+    """nn layers' device= (as torch's factory keyword): parameters and buffers made there."""
+    lin = pg.nn.Linear(3, 4, device="cuda:1")
+    bn = pg.nn.BatchNorm1d(4, device="cuda:1")
+    assert {str(p.device) for p in list(lin.parameters()) + list(bn.parameters())} == {"cuda:1"}
+    assert {str(b.device) for b in bn.buffers()} == {"cuda:1"}
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    y = bn(lin(pg.tensor(x, device="cuda:1")))
+    assert y.device == pg.device("cuda:1")
+    w, b = lin.weight.numpy(), lin.bias.numpy()
+    h = x @ w.T + b
+    ref = (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5)
+    np.testing.assert_allclose(y.numpy(), ref, rtol=1e-4, atol=1e-4)
+    pg.set_default_device("cuda:0")
+    try:
+        assert pg.nn.Linear(2, 2).weight.device == pg.device("cuda:0")
+        assert pg.zeros(3).device == pg.device("cuda:0")
+        assert pg.zeros(3, device="cpu").device == pg.device("cpu")
+    finally:
+        pg.set_default_device(None)

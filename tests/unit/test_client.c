@@ -127,6 +127,15 @@ TEST_IMPL(errors_and_stats) {
     ASSERT_EQ(pg_put(c, (pg_dtype_t)99, 0, NULL, x, &h), -PG_EBAD_DTYPE);
     ASSERT_EQ(pg_put(c, PG_FLOAT32, 9, (int64_t[9]){1}, x, &h), -PG_EBAD_SHAPE);
     ASSERT_EQ(pg_ping(c), 0); /* still usable */
+    /* A device the daemon does not have (no GPU in a ten-device daemon here): no_device at the
+     * put and at the run that name it; back on the CPU, everything works again. */
+    ASSERT_EQ(pg_set_device(c, "cuda:9"), 0);
+    ASSERT_EQ(pg_put(c, PG_FLOAT32, 1, (int64_t[]){4}, x, &h), -PG_ENO_DEVICE);
+    ASSERT(strstr(pg_strerror(c), "cuda:9"));
+    ASSERT_EQ(pg_set_device(c, "cuda:0123456789012345678901"), -PG_EBAD_REQUEST);
+    ASSERT_EQ(pg_set_device(c, NULL), 0);
+    ASSERT_EQ(pg_put(c, PG_FLOAT32, 1, (int64_t[]){4}, x, &h), 0);
+    ASSERT_EQ(pg_free(c, h), 0);
     pg_close(c2);
     pg_close(c);
     ASSERT_EQ(daemon_stop(&d, SIGTERM), 0);

@@ -92,6 +92,12 @@ PG_API int pg_reconnect(pg_conn_t *c);
 /* Closes the connection; the daemon frees everything the session owned. NULL is ignored. */
 PG_API void pg_close(pg_conn_t *c);
 
+/* Where this connection's puts store tensors and its runs execute from now on: "cpu" (the
+ * default), "cuda" (the daemon's first GPU) or "cuda:N" (copied; NULL: the CPU). The daemon
+ * checks it at the next put or run: a device it does not have is PG_ENO_DEVICE there. Returns 0,
+ * or PG_EBAD_REQUEST for a string too long to be a device. */
+PG_API int pg_set_device(pg_conn_t *c, const char *device);
+
 /* Round trip with no effect. */
 PG_API int pg_ping(pg_conn_t *c);
 /* Stores a C-contiguous tensor of rank 0..8 in the session; *handle names it. data is read only. */

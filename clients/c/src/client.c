@@ -381,6 +381,17 @@ int pg_reconnect(pg_conn_t *c) {
     return hello(c);
 }
 
+int pg_set_device(pg_conn_t *c, const char *device) {
+    if (!device || !strcmp(device, "cpu")) {
+        c->device[0] = '\0';
+        return 0;
+    }
+    if (strlen(device) >= sizeof(c->device))
+        return pg__set_err(&c->err, PG_EBAD_REQUEST, "'%.40s...' is not a device", device);
+    snprintf(c->device, sizeof(c->device), "%s", device);
+    return 0;
+}
+
 void pg_close(pg_conn_t *c) {
     if (!c)
         return;
@@ -415,7 +426,11 @@ int pg_put(pg_conn_t *c, pg_dtype_t dtype, int rank, const int64_t *shape, const
     msgpack_sbuffer sb;
     msgpack_packer pk;
     pg__reply_t r;
-    pg__begin(&sb, &pk, "put", 3);
+    pg__begin(&sb, &pk, "put", c->device[0] ? 4 : 3);
+    if (c->device[0]) {
+        proto_pack_cstr(&pk, "device");
+        proto_pack_cstr(&pk, c->device);
+    }
     proto_pack_cstr(&pk, "dtype");
     proto_pack_cstr(&pk, proto_dtype_name(dtype));
     proto_pack_cstr(&pk, "shape");

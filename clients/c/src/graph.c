@@ -282,8 +282,13 @@ int pg_graph_op(pg_graph_t *g, const char *op, const int *inputs, int ninputs,
 static int pack_run(pg_conn_t *c, const pg_graph_t *g, const pg_output_t *outs, int nouts,
                     msgpack_sbuffer *sb) {
     msgpack_packer pk;
-    pg__begin(sb, &pk, "run", 2);
-    int rc = proto_pack_cstr(&pk, "outputs");
+    pg__begin(sb, &pk, "run", c->device[0] ? 3 : 2);
+    int rc = 0;
+    if (c->device[0]) {
+        rc |= proto_pack_cstr(&pk, "device");
+        rc |= proto_pack_cstr(&pk, c->device);
+    }
+    rc |= proto_pack_cstr(&pk, "outputs");
     rc |= msgpack_pack_array(&pk, (size_t)nouts);
     for (int i = 0; i < nouts; i++) {
         rc |= msgpack_pack_map(&pk, 2);

@@ -25,6 +25,7 @@ struct pg_conn {
                           * malloc; NULL before hello or when the reply had none) */
     size_t ops_len;      /* bytes of ops */
     char *token;         /* sent in hello (owned, malloc; NULL: none), without white space */
+    char device[24];     /* pg_set_device: sent with every put and run; "" for the CPU */
 };
 
 /* A decoded reply; frame owns the bytes msg points into. */

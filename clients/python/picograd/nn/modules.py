@@ -513,6 +513,8 @@ class Linear(Module):
         if not bias:
             self.register_parameter("bias", None)
         self.reset_parameters()
+        if device is not None:  # made where the default device is, then moved
+            self.to(device)
 
     def reset_parameters(self):
         init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -556,6 +558,8 @@ class Conv2d(Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
+        if device is not None:  # made where the default device is, then moved
+            self.to(device)
 
     def reset_parameters(self):
         init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -596,6 +600,8 @@ class LayerNorm(Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
+        if device is not None:  # made where the default device is, then moved
+            self.to(device)
 
     def forward(self, input):
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -631,6 +637,8 @@ class _BatchNorm(Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
+        if device is not None:  # made where the default device is, then moved
+            self.to(device)
 
     def _check_input_dim(self, input):
         raise NotImplementedError
@@ -708,6 +716,8 @@ class Embedding(Module):
             init.normal_(self.weight)
         else:
             self.weight = Parameter(_weight)
+        if device is not None:  # made where the default device is, then moved
+            self.to(device)
 
     def forward(self, input):
         return F.embedding(input, self.weight)
