@@ -175,6 +175,11 @@ static void plan_free(plan_t *p) {
     pg_free(p);
 }
 
+plan_t *plan_ref(plan_t *p) {
+    atomic_fetch_add(&p->refs, 1);
+    return p;
+}
+
 void plan_release(plan_t *p) {
     if (p && atomic_fetch_sub(&p->refs, 1) == 1)
         plan_free(p);

@@ -74,6 +74,9 @@ int plan_set_dump_cuda(const char *dir);
  * cu_src), for runs on a GPU (server/cudarun.c). Call at start, when a GPU can be used. */
 void plan_set_cuda(bool on);
 
+/* Adds a reference; returns p. */
+plan_t *plan_ref(plan_t *p);
+
 /* Drops a reference; the last one frees the plan. NULL is ignored. */
 void plan_release(plan_t *p);
 

@@ -512,8 +512,18 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         }
         if (built)
             log_plan(gplan, g);
-        /* A new entry is not cached: a cached one carries the CPU's schedule, which a later
-         * CPU run of the same request would expect. */
+        if (!hit) {
+            /* A cached entry carries a CPU schedule too: this plan, when its C kernels compiled
+             * (fusing every loop is right on the CPU as well), else the interpreter's. */
+            if (gplan->compiled) {
+                e->plan = plan_ref(gplan);
+            } else {
+                if ((rc = fuse_graph(g, e->out_id, nall, false, false, &e->local, err)) != 0)
+                    goto out;
+                e->has_local = true;
+            }
+            prepcache_put(e);
+        }
     } else if (hit) {
         if (e->plan)
             plan_count_hit();

@@ -101,7 +101,11 @@ def test_training_on_the_device_matches_the_cpu(gpu_conn):
         return np.array(out)
 
     ref_model = pg.nn.Sequential(pg.nn.Linear(10, 12), pg.nn.ReLU(), pg.nn.Linear(12, 3))
-    np.testing.assert_allclose(losses("cuda:0"), losses("cpu"), rtol=1e-5)
+    s0 = gpu_conn.stats()["prepared"]
+    on_gpu = losses("cuda:0")
+    s1 = gpu_conn.stats()["prepared"]
+    np.testing.assert_allclose(on_gpu, losses("cpu"), rtol=1e-5)
+    assert s1["hits"] - s0["hits"] >= 2  # steps 2.. skip lowering on the GPU too
 
 
 def test_inputs_cross_devices_in_raw_runs(gpu_conn):
