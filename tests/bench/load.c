@@ -25,6 +25,7 @@
  * wrong, or when a spawned daemon does not exit with status 0 on SIGTERM.
  */
 #include <picograd.h>
+#include "spawn.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -47,14 +48,6 @@
 
 typedef enum { WL_PING, WL_CACHED, WL_COUNT } workload_t;
 static const char *const wl_names[WL_COUNT] = {"ping", "cached"};
-
-/* A daemon this program started (--spawn), or pid 0. */
-typedef struct {
-    pid_t pid;
-    char dir[64];  /* the temporary folder holding the socket */
-    char sock[96]; /* the socket path */
-    char url[128]; /* unix://sock */
-} spawned_t;
 
 /* What one cell's threads share. */
 typedef struct {
@@ -90,57 +83,6 @@ static int cmp_double(const void *a, const void *b) {
 static double quantile(const double *v, size_t n, double q) {
     size_t k = (size_t)(q * (double)n);
     return v[k < n ? k : n - 1];
-}
-
-/* Starts path on a fresh Unix socket and waits (up to 10 s) for the socket to appear. */
-static int spawn_daemon(spawned_t *d, const char *path) {
-    snprintf(d->dir, sizeof(d->dir), "/tmp/pgload-XXXXXX");
-    if (!mkdtemp(d->dir)) {
-        perror("mkdtemp");
-        return -1;
-    }
-    snprintf(d->sock, sizeof(d->sock), "%s/d.sock", d->dir);
-    snprintf(d->url, sizeof(d->url), "unix://%s", d->sock);
-    d->pid = fork();
-    if (d->pid < 0) {
-        perror("fork");
-        rmdir(d->dir);
-        return -1;
-    }
-    if (d->pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the benchmark */
-        execl(path, path, "--listen", d->url, "--log-level", "warn", (char *)NULL);
-        fprintf(stderr, "exec %s: %s\n", path, strerror(errno));
-        _exit(127);
-    }
-    for (int i = 0; i < 1000; i++) {
-        struct stat st;
-        if (stat(d->sock, &st) == 0)
-            return 0;
-        int status;
-        if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
-            fprintf(stderr, "%s exited before listening\n", path);
-            d->pid = 0;
-            rmdir(d->dir);
-            return -1;
-        }
-        usleep(10000);
-    }
-    fprintf(stderr, "%s did not create %s within 10 s\n", path, d->sock);
-    return -1;
-}
-
-/* Sends SIGTERM and returns the daemon's exit status (128 + signal when killed). */
-static int stop_daemon(spawned_t *d) {
-    if (d->pid <= 0)
-        return 0;
-    kill(d->pid, SIGTERM);
-    int st = 0;
-    waitpid(d->pid, &st, 0);
-    unlink(d->sock);
-    rmdir(d->dir);
-    d->pid = 0;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 /* Appends one latency; returns 0 or -1 when memory runs out. */
@@ -398,7 +340,7 @@ int main(int argc, char **argv) {
 
     spawned_t d = {0};
     if (spawn) {
-        if (spawn_daemon(&d, spawn) != 0)
+        if (spawn_daemon(&d, spawn, "pgload") != 0)
             return 1;
         url = d.url;
     }
