@@ -181,6 +181,19 @@ def test_layers_take_device(gpu_conn):
     h = x @ w.T + b
     ref = (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5)
     np.testing.assert_allclose(y.numpy(), ref, rtol=1e-4, atol=1e-4)
+    # An optimizer step (and its state) stays on the parameters' device: a wide layer's
+    # parameters would show in the host's memory if a step ran on the CPU.
+    wide = pg.nn.Linear(3, 1000, device="cuda:1")
+    opt = pg.optim.SGD(wide.parameters(), lr=0.1, momentum=0.9)
+    host0 = gpu_conn.stats()["bytes_in_use"]
+    for _ in range(2):
+        opt.zero_grad()
+        wide(pg.tensor(x, device="cuda:1")).sum().backward()
+        pg.realize(wide.weight.grad, wide.bias.grad)  # the step's run then keeps nothing
+        opt.step()
+    assert gpu_conn.stats()["bytes_in_use"] - host0 < 4000  # weight alone: 12000 bytes
+    assert all(str(t.device) == "cuda:1" for st in opt.state.values() for t in st.values()
+               if isinstance(t, pg.Tensor))
     pg.set_default_device("cuda:0")
     try:
         assert pg.nn.Linear(2, 2).weight.device == pg.device("cuda:0")
@@ -188,3 +201,30 @@ def test_layers_take_device(gpu_conn):
         assert pg.zeros(3, device="cpu").device == pg.device("cpu")
     finally:
         pg.set_default_device(None)
+
+
+def test_jit_replays_on_the_device(gpu_conn):
+    """@pg.jit's replays run where the captured run ran, and say so on their results."""
+    rng = np.random.default_rng(5)
+    m = pg.nn.Linear(6, 2, device="cuda:0")
+    opt = pg.optim.SGD(m.parameters(), lr=0.05)
+
+    @pg.jit
+    def step(x, y):
+        opt.zero_grad()
+        loss = ((m(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    xs = rng.standard_normal((5, 8, 6)).astype(np.float32)
+    ys = rng.standard_normal((5, 8, 2)).astype(np.float32)
+    losses = []
+    for x, y in zip(xs, ys):
+        loss = step(pg.tensor(x, device="cuda:0"), pg.tensor(y, device="cuda:0"))
+        assert loss.device == pg.device("cuda:0")
+        losses.append(loss.item())
+    assert all(str(p.device) == "cuda:0" for p in m.parameters())
+    assert np.isfinite(losses).all()
+    with pytest.raises(pg.JitError, match="on cuda:0"):
+        step(pg.tensor(xs[0]), pg.tensor(ys[0]))  # the same shapes on the CPU: not this capture

@@ -172,7 +172,7 @@ def _rebuilt(y):
             done[id(t)] = t
         else:
             n = Tensor._make(op, new_inputs, attrs, t._shape, t._dtype, t._conn)
-            n._rg, n._site = 2, t._site
+            n._rg, n._site, n._dev = 2, t._site, t._dev
             done[id(t)] = n
     return done[id(y)]
 

@@ -178,14 +178,15 @@ class TinyJit:
         fixed = {i: t for i, t in enumerate(outs) if i not in ret_slots}
         self._plan = dict(conn=conn, nodes=list(fields["nodes"]), outputs=wire_outs, slots=slots,
                           rebind=rebind, ret_slots=ret_slots, fixed=fixed, rebuild=rebuild,
-                          inline=inline, sig=[(a.shape, a.dtype) for a in args])
+                          inline=inline, sig=[(a.shape, a.dtype, str(a.device)) for a in args],
+                          device=fields.get("device"))
         return ret
 
     # -- replay -----------------------------------------------------------------------------
 
     def _replay(self, args):
         p = self._plan
-        sig = [(a.shape, a.dtype) for a in args]
+        sig = [(a.shape, a.dtype, str(a.device)) for a in args]
         if sig != p["sig"]:
             raise JitError("a jitted function was captured for arguments %s and called with %s; "
                            "call .reset() to capture again"
@@ -196,7 +197,8 @@ class TinyJit:
             if args[i]._buf.conn is not conn:
                 raise JitError("argument %d belongs to another connection" % i)
             nodes[k] = {"op": "input", "handle": args[i]._buf.handle}
-        reply = _tm._exchange(conn, "run", nodes=nodes, outputs=p["outputs"])
+        extra = {"device": p["device"]} if p["device"] else {}  # where the captured run ran
+        reply = _tm._exchange(conn, "run", nodes=nodes, outputs=p["outputs"], **extra)
         results = reply.get("outputs")
         if not isinstance(results, list) or len(results) != len(p["outputs"]):
             raise PicogradError("bad_reply", "a run reply needs %d outputs" % len(p["outputs"]))
@@ -215,6 +217,7 @@ class TinyJit:
             t = Tensor._make(None, (), None, tuple(res["shape"]), _tm.as_dtype(res["dtype"]),
                              conn)
             t._buf = _tm._Buffer(conn, res["handle"])
+            t._dev = p["device"]
             made[pos] = t
             outs.append(t)
         for pos, kept in p["inline"]:
@@ -226,7 +229,8 @@ class TinyJit:
 
 
 def _sig_text(sig):
-    return "(%s)" % ", ".join("%s %s" % (list(s), d) for s, d in sig)
+    return "(%s)" % ", ".join("%s %s%s" % (list(s), d, "" if dev == "cpu" else " on " + dev)
+                              for s, d, dev in sig)
 
 
 def jit(fn):

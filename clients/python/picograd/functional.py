@@ -120,13 +120,16 @@ empty = zeros  # there is no uninitialized memory to hand out; zeros is as cheap
 
 
 def zeros_like(input, dtype=None, requires_grad=False, device=None):
+    """Zeros of input's shape, dtype and device (as torch's *_like)."""
     return zeros(input.shape, dtype=dtype if dtype is not None else input.dtype,
-                 requires_grad=requires_grad, device=device)
+                 requires_grad=requires_grad, device=device if device is not None
+                 else input.device)
 
 
 def ones_like(input, dtype=None, requires_grad=False, device=None):
     return ones(input.shape, dtype=dtype if dtype is not None else input.dtype,
-                requires_grad=requires_grad, device=device)
+                requires_grad=requires_grad, device=device if device is not None
+                else input.device)
 
 
 empty_like = zeros_like
@@ -134,7 +137,8 @@ empty_like = zeros_like
 
 def full_like(input, fill_value, dtype=None, requires_grad=False, device=None):
     return full(input.shape, fill_value, dtype=dtype if dtype is not None else input.dtype,
-                requires_grad=requires_grad, device=device)
+                requires_grad=requires_grad, device=device if device is not None
+                else input.device)
 
 
 def eye(n, m=None, dtype=None, requires_grad=False, device=None):

@@ -851,6 +851,7 @@ class Tensor:
                          self._conn, self._buf, self._weak)
         t._site = self._site
         t._val = self._val
+        t._dev = self._dev
         return t
 
     def detach(self):
@@ -1118,6 +1119,8 @@ def _fast(op, inputs, attrs, shape, dtype, conn):
     t._buf, t._conn, t._weak, t._site = None, conn, False, _local.site
     t._rg, t._grad, t._ag, t._val, t._dev = 0, None, None, None, None
     for i in inputs:
+        if i._dev is not None:  # on its inputs' device (callers pass one device's tensors)
+            t._dev = i._dev
         b = i._buf
         if b is not None and b.readers is not None:
             b.readers[id(t)] = t
@@ -1544,7 +1547,8 @@ def _realize_distinct(tensors):
         else:
             conn = t._conn if t._conn is not None else default_connection()
             arr = np.full(tuple(t._shape), t._attrs["value"], dtype=t._dtype.numpy_dtype)
-            t._buf, t._conn = _Buffer(conn, conn.put(arr)), conn
+            h = conn.put(arr) if t._dev is None else conn.put(arr, device=t._dev)
+            t._buf, t._conn = _Buffer(conn, h), conn
             t._op, t._inputs, t._attrs = None, (), None
         _mark_mutable(t)
 
@@ -1632,13 +1636,7 @@ def _execute(keep=(), fetch=(), assigns=None, cache=(), split=False):
                     nodes.append({"op": "input", "handle": b.handle})
                 outputs.append({"node": index[k], "keep": True})
                 snaps.append((b, v, readers))
-    # The run's device: that of the tensors it computes (creation with device= or ops over a
-    # moved tensor), else the daemon's default, the CPU (no field: the request stays as it was).
-    devs = {t._dev for t in pending} - {None}
-    if len(devs) > 1:
-        raise RuntimeError(f"expected all tensors to be on the same device, but found "
-                           f"{', '.join(sorted(devs))}")
-    extra = {"device": devs.pop()} if devs else {}
+    extra = _run_device(pending + values)
     try:
         reply = _exchange(conn, "run", nodes=nodes, outputs=outputs, **extra)
     except PicogradError as exc:
@@ -1655,6 +1653,7 @@ def _execute(keep=(), fetch=(), assigns=None, cache=(), split=False):
     for (b, v, readers), res in zip(snaps, results[n:]):
         # The old value: readers that outlive the run read it instead of the buffer.
         snap = Tensor._make("input", (), None, v._shape, v._dtype, conn)
+        snap._dev = extra.get("device")  # kept where the run ran
         _adopt(snap, conn, res, mismatch)
         for r in readers:
             r._inputs = tuple(snap if i._buf is b else i for i in r._inputs)
@@ -1674,6 +1673,16 @@ def _execute(keep=(), fetch=(), assigns=None, cache=(), split=False):
                 t._val = arr
                 arr.flags.writeable = False
     return out
+def _run_device(tensors):
+    """The `device` field of a run computing ``tensors``: their device (creation with device=
+    or ops over a moved tensor), or no field for the CPU (the request stays as it was)."""
+    devs = {t._dev for t in tensors} - {None}
+    if len(devs) > 1:
+        raise RuntimeError(f"expected all tensors to be on the same device, but found "
+                           f"{', '.join(sorted(devs))}")
+    return {"device": devs.pop()} if devs else {}
+
+
 def _drop_queued(queued):
     for b, _ in queued.values():
         b.pending = None
@@ -1813,8 +1822,10 @@ def _commit(assigns=(), outputs=(), keep=True):
         how.append((kind, slot.get(_key(t))))
     if not wire and not assigns:  # only realized outputs: nothing to run
         return list(outputs)
+    extra = _run_device([t for t in roots if t._buf is None] +
+                        [target for target, _ in assigns])
     try:
-        reply = _exchange(conn, "run", nodes=nodes, outputs=wire)
+        reply = _exchange(conn, "run", nodes=nodes, outputs=wire, **extra)
     except PicogradError as exc:
         raise _with_site(exc, order) from None
     results = reply.get("outputs")
@@ -1835,6 +1846,7 @@ def _commit(assigns=(), outputs=(), keep=True):
             if pos not in made:
                 snap = Tensor._make(None, (), None, t._shape, t._dtype, conn)
                 snap._site = t._site
+                snap._dev = extra.get("device")
                 _adopt(snap, conn, results[pos], mismatch)
                 made[pos] = snap
             out.append(made[pos])

@@ -386,6 +386,7 @@ _IncompatibleKeys = collections.namedtuple("IncompatibleKeys", ["missing_keys",
 def _share(t):
     """A plain Tensor sharing ``t``'s daemon tensor (state_dict's values)."""
     out = Tensor._make(None, (), None, t.shape, t.dtype, t._conn, t._buf)
+    out._dev = t._dev
     return out
 
 

@@ -43,11 +43,11 @@ class Adam(Optimizer):
         super().__init__(params, defaults)
 
     def _init_state(self, p, group):
-        st = {"step": _f.zeros((), dtype="float32"),
-              "exp_avg": _f.zeros(p.shape, dtype=p.dtype),
-              "exp_avg_sq": _f.zeros(p.shape, dtype=p.dtype)}
+        st = {"step": _f.zeros((), dtype="float32", device=p.device),
+              "exp_avg": _f.zeros_like(p),
+              "exp_avg_sq": _f.zeros_like(p)}
         if group["amsgrad"]:
-            st["max_exp_avg_sq"] = _f.zeros(p.shape, dtype=p.dtype)
+            st["max_exp_avg_sq"] = _f.zeros_like(p)
         return st
 
     def _hypers(self, group):

@@ -140,7 +140,7 @@ class Optimizer:
         for g in self.param_groups:
             for p in g["params"]:
                 if p._grad is not None:
-                    p._grad = None if set_to_none else _f.zeros(p.shape, dtype=p.dtype)
+                    p._grad = None if set_to_none else _f.zeros_like(p)
 
     # -- the step ------------------------------------------------------------------------------
 
@@ -202,7 +202,7 @@ class Optimizer:
                 if p._grad is None:
                     continue
                 if id(p) not in gbufs:
-                    gbufs[id(p)] = gb = _f.zeros(p.shape, dtype=p.dtype)
+                    gbufs[id(p)] = gb = _f.zeros_like(p)
                     made.append(gb)
                 if self.state.get(p):
                     continue
@@ -309,4 +309,6 @@ class Optimizer:
 
 
 def _share(t):
-    return Tensor._make(None, (), None, t.shape, t.dtype, t._conn, t._buf)
+    s = Tensor._make(None, (), None, t.shape, t.dtype, t._conn, t._buf)
+    s._dev = t._dev
+    return s

@@ -39,14 +39,14 @@ class SGD(Optimizer):
     def _init_state(self, p, group):
         if group["momentum"] == 0:
             return {"momentum_buffer": None}
-        st = {"momentum_buffer": _f.zeros(p.shape, dtype=p.dtype)}
+        st = {"momentum_buffer": _f.zeros_like(p)}
         if group["dampening"] != 0:
-            st["_started"] = _f.zeros((), dtype=p.dtype)
+            st["_started"] = _f.zeros((), dtype=p.dtype, device=p.device)
         return st
 
     def _loaded(self, p, state):
         if state.get("momentum_buffer") is not None:
-            state["_started"] = _f.ones((), dtype=p.dtype)
+            state["_started"] = _f.ones((), dtype=p.dtype, device=p.device)
 
     def _hypers(self, group):
         return {"neg_lr": _hyper(-group["lr"]), "wd": _const(group["weight_decay"]),
