@@ -468,7 +468,7 @@ static const char *kind_word(const plan_t *p, const fuse_step_t *st) {
     return st->kind == FUSE_STEP_KERNEL ? "kernel" : "interp";
 }
 
-char *plan_explain_text(const plan_t *p, const graph_t *g) {
+char *plan_explain_text(const plan_t *p, const graph_t *g, bool cuda) {
     sbuf_t b = {0};
     char sh[160], at[320];
     const fuse_plan_t *fp = &p->fp;
@@ -568,14 +568,18 @@ char *plan_explain_text(const plan_t *p, const graph_t *g) {
         /* The helpers every kernel carries (pg_f2i32, kernels/pg_math.h, ...) are the same
          * 200 lines each time: the text shows the kernel's own comment and loop, the reply's
          * `kernels` list has the whole file. */
-        const char *src = p->kern[s].src ? p->kern[s].src : "(no source)";
-        const char *head_end = strstr(src, " */\n"), *fn = strstr(src, "\nvoid pg_k_");
+        const plan_kernel_t *pk = &p->kern[s];
+        const char *src = (cuda ? pk->cu_src : pk->src) ? (cuda ? pk->cu_src : pk->src)
+                                                       : "(no source)";
+        const char *name = cuda ? pk->cu_name : pk->name;
+        const char *head_end = strstr(src, " */\n");
+        const char *fn = strstr(src, cuda ? "\nextern \"C\" __global__" : "\nvoid pg_k_");
         if (head_end && fn && fn > head_end)
-            sb_printf(&b, "-- %s (step %d) --\n%.*s\n/* ... helpers and kernels/pg_math.h "
-                      "(in the reply's kernel source) ... */\n%s\n", p->kern[s].name, (int)s,
-                      (int)(head_end + 3 - src), src, fn + 1);
+            sb_printf(&b, "-- %s (step %d) --\n%.*s\n/* ... helpers%s (in the reply's kernel "
+                      "source) ... */\n%s\n", name, (int)s, (int)(head_end + 3 - src), src,
+                      cuda ? "" : " and kernels/pg_math.h", fn + 1);
         else
-            sb_printf(&b, "-- %s (step %d) --\n%s\n", p->kern[s].name, (int)s, src);
+            sb_printf(&b, "-- %s (step %d) --\n%s\n", name, (int)s, src);
     }
     pg_free(where);
     if (b.failed) {
@@ -592,7 +596,7 @@ static int pack_ids(msgpack_packer *pk, const int32_t *ids, int32_t n) {
     return rc;
 }
 
-int plan_pack_explain(msgpack_packer *pk, const plan_t *p, const graph_t *g) {
+int plan_pack_explain(msgpack_packer *pk, const plan_t *p, const graph_t *g, bool cuda) {
     const fuse_plan_t *fp = &p->fp;
     char at[320];
     int rc = proto_pack_cstr(pk, "graph");
@@ -647,10 +651,12 @@ int plan_pack_explain(msgpack_packer *pk, const plan_t *p, const graph_t *g) {
         if (fp->steps[s].kind != FUSE_STEP_KERNEL)
             continue;
         rc |= msgpack_pack_map(pk, 2);
+        const plan_kernel_t *k = &p->kern[s];
+        const char *src = cuda ? k->cu_src : k->src;
         rc |= proto_pack_cstr(pk, "name");
-        rc |= proto_pack_cstr(pk, p->kern[s].name);
+        rc |= proto_pack_cstr(pk, cuda ? k->cu_name : k->name);
         rc |= proto_pack_cstr(pk, "source");
-        rc |= proto_pack_cstr(pk, p->kern[s].src ? p->kern[s].src : "");
+        rc |= proto_pack_cstr(pk, src ? src : "");
     }
     return rc;
 }

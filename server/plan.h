@@ -81,13 +81,14 @@ plan_t *plan_ref(plan_t *p);
 void plan_release(plan_t *p);
 
 /*
- * Writes the readable listing of a plan for g (lowered graph, steps, kernel sources). Returns a
- * new NUL-terminated string (free with pg_free) or NULL when memory runs out.
+ * Writes the readable listing of a plan for g (lowered graph, steps, kernel sources: the CUDA
+ * ones with cuda, which needs a plan built with plan_set_cuda on). Returns a new NUL-terminated
+ * string (free with pg_free) or NULL when memory runs out.
  */
-char *plan_explain_text(const plan_t *p, const graph_t *g);
+char *plan_explain_text(const plan_t *p, const graph_t *g, bool cuda);
 
 /* Packs the "graph", "groups" and "kernels" keys of an explain reply (3 map entries). */
-int plan_pack_explain(msgpack_packer *pk, const plan_t *p, const graph_t *g);
+int plan_pack_explain(msgpack_packer *pk, const plan_t *p, const graph_t *g, bool cuda);
 
 /* Counts a plan cache hit for a run that found its plan without plan_get: a prepared request
  * (prepcache.h) keeps the plan it was given, and planned nothing either. */

@@ -347,7 +347,7 @@ static int run_input_or_eval(sess_t *sess, const graph_t *g, int32_t i, tensor_t
 static void log_plan(const plan_t *plan, const graph_t *g) {
     if (!log_enabled(LOG_DEBUG))
         return;
-    char *text = plan_explain_text(plan, g);
+    char *text = plan_explain_text(plan, g, false);
     if (!text)
         return;
     /* One log line per text line, so that the log stays line-oriented. */
@@ -728,14 +728,16 @@ int ops_explain(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     rc = prepare(r, d->cfg.max_nodes, &p, err);
     if (rc != 0)
         goto out;
-    plan = plan_build(&p.g, p.out_id, p.nall, false, p.as.n > 0, err);
+    /* On a GPU every loop is fused (as its runs are) and the kernels shown are CUDA's. */
+    bool cuda = dev.kind == DEV_CUDA;
+    plan = plan_build(&p.g, p.out_id, p.nall, false, cuda || p.as.n > 0, err);
     if (!plan) {
         rc = -err->code;
         goto out;
     }
     if ((rc = req_check_cancel(r, err)) != 0) /* past its time limit while planning */
         goto out;
-    text = plan_explain_text(plan, &p.g);
+    text = plan_explain_text(plan, &p.g, cuda);
     if (text && p.as.n)
         full = explain_assigns(text, &p);
     if (!text || (p.as.n && !full)) {
@@ -745,7 +747,7 @@ int ops_explain(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     proto_pack_reply_head(pk, 2 + 5, true, r->id, true);
     proto_pack_cstr(pk, "text");
     proto_pack_cstr(pk, full ? full : text);
-    plan_pack_explain(pk, plan, &p.g);
+    plan_pack_explain(pk, plan, &p.g, cuda);
     pack_assigns(pk, &p);
 
 out:

@@ -228,3 +228,13 @@ def test_jit_replays_on_the_device(gpu_conn):
     assert np.isfinite(losses).all()
     with pytest.raises(pg.JitError, match="on cuda:0"):
         step(pg.tensor(xs[0]), pg.tensor(ys[0]))  # the same shapes on the CPU: not this capture
+
+
+def test_explain_shows_the_cuda_kernels(gpu_conn):
+    x = pg.tensor(np.ones((4, 8), np.float32), device="cuda:0")
+    text = pg.explain(x.softmax(1) * 2, file=open(os.devnull, "w"))
+    assert "extern \"C\" __global__" in text and "pg_cu_" in text
+    assert "void pg_k_" not in text
+    cpu_text = pg.explain(pg.tensor(np.ones((4, 8), np.float32)).softmax(1),
+                          file=open(os.devnull, "w"))
+    assert "void pg_k_" in cpu_text or "interp" in cpu_text

@@ -1900,10 +1900,10 @@ def _with_site(exc, order):
 def explain(*tensors, file=None):
     """Prints and returns how the daemon would run ``tensors``, without running anything: the
     lowered primitive graph, the steps (which primitives are fused into one compiled kernel and
-    which run in the interpreter) and each kernel's C source.
+    which run in the interpreter) and each kernel's source: C, or CUDA for tensors on a GPU.
 
-    The request is exactly the `run` that realizing them would send (same graph, same outputs),
-    so what it shows is what happens. Realized tensors show up as plain inputs."""
+    The request is exactly the `run` that realizing them would send (same graph, same outputs,
+    same device), so what it shows is what happens. Realized tensors show up as plain inputs."""
     tensors = _unique(tensors)
     if not tensors:
         raise PicogradError("bad_request", "explain needs at least one tensor")
@@ -1911,7 +1911,8 @@ def explain(*tensors, file=None):
     conn = _graph_conn(order)
     outputs = [{"node": index[_key(t)], "keep": t._buf is None} for t in tensors]
     try:
-        reply = _exchange(conn, "explain", nodes=nodes, outputs=outputs)
+        reply = _exchange(conn, "explain", nodes=nodes, outputs=outputs,
+                          **_run_device([t for t in tensors if t._buf is None]))
     except PicogradError as exc:
         raise _with_site(exc, order) from None
     text = reply.get("text")
