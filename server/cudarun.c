@@ -8,7 +8,8 @@
  *   to_host_view   a device view becomes the same view over a host copy of its whole buffer
  *                  (copied once per run and buffer: copy_of remembers it)
  *   dev_contig     any view becomes a contiguous, zero-offset device tensor of its own shape:
- *                  a device copy of a contiguous device view, else through the host
+ *                  a device copy of a contiguous device view, a one-load gather kernel for a
+ *                  strided one, an upload for a host one
  *
  * Kernel inputs and cuBLAS operands take dev_contig (cuBLAS also takes transposed views as
  * they are), interpreted steps to_host_view.
@@ -230,12 +231,82 @@ static bool is_whole(const ref_view_t *v) {
            memcmp(v->t->shape, v->shape, (size_t)v->rank * sizeof(v->shape[0])) == 0;
 }
 
+/* Launches kernel fn of launch shape l over units [0, units) on stream s with bufs. */
+static int launch(crun_t *c, CUfunction fn, kir_cuda_launch_t l, uint64_t units, CUstream s,
+                  void *bufs, proto_err_t *err) {
+    uint64_t blocks = (units * (uint64_t)l.unit_threads + (uint64_t)l.threads - 1) /
+                      (uint64_t)l.threads;
+    if (blocks > (1u << 20)) /* the kernels stride over the grid: more blocks add nothing */
+        blocks = 1u << 20;
+    long long start = 0, end = (long long)units;
+    void *args[] = {bufs, &start, &end};
+    CUresult r = cuda_driver()->cuLaunchKernel(fn, (unsigned)(blocks ? blocks : 1), 1, 1,
+                                               (unsigned)l.threads, 1, 1, 0, s, args, NULL);
+    return r == CUDA_SUCCESS ? 0 : cuda_fail(err, c->dev, r, "cuLaunchKernel");
+}
+
+/* A new device tensor holding strided device view v, gathered by a one-load kernel of the same
+ * IR as the fused ones (the renderer turns the view's strides into its index expression):
+ * im2col windows, transposes made contiguous and flips never leave the GPU. */
+static int gpu_gather(crun_t *c, const ref_view_t *v, tensor_t **out, proto_err_t *err) {
+    kir_kernel_t *k = pg_calloc_array(1, sizeof(*k)); /* zeroed: the source depends on fields */
+    tensor_t *t = NULL;
+    char *src = NULL, name[32];
+    CUstream st = NULL;
+    CUfunction fn;
+    int rc;
+    if (!k)
+        return proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for a copy kernel");
+    k->rank = v->rank;
+    memcpy(k->shape, v->shape, sizeof(k->shape));
+    k->nin = 1;
+    k->in[0].dtype = v->dtype;
+    k->in[0].off = v->off;
+    memcpy(k->in[0].strides, v->strides, sizeof(k->in[0].strides));
+    kir_val_t load = {.kind = KIR_LOAD, .prim = PRIM_COUNT, .dtype = v->dtype, .a = -1, .b = -1,
+                      .c = -1, .input = 0};
+    kir_add_val(k, &load);
+    k->reduce = PRIM_COUNT;
+    k->out_dtype = v->dtype;
+    k->nstages = 1;
+    k->stage[0] = (kir_stage_t){PRIM_COUNT, 1, v->dtype};
+    if (!(src = kir_render_cuda(k, name, sizeof(name)))) {
+        rc = proto_fail(err, PG_EINTERNAL, "a copy kernel could not be rendered");
+        goto out;
+    }
+    if ((rc = sess_stream(c->sess, c->dev, &st, err)) ||
+        (rc = cuda_function(c->dev, name, src, &fn, err)))
+        goto out;
+    if (!(t = tensor_new_cuda(c->dev, v->dtype, v->rank, v->shape, ref__numel(v), err))) {
+        rc = -err->code;
+        goto out;
+    }
+    struct {
+        CUdeviceptr p[1 + KIR_MAX_INPUTS];
+    } bufs = {{(CUdeviceptr)t->dptr, (CUdeviceptr)v->t->dptr}};
+    if ((rc = launch(c, fn, kir_cuda_launch(k), t->numel, st, &bufs, err)) != 0)
+        goto out;
+    *out = t;
+    t = NULL;
+out:
+    tensor_unref(t);
+    pg_free(src);
+    pg_free(k);
+    return rc;
+}
+
 /* Makes *v a whole tensor on the run's device (see the file comment). */
 static int dev_contig(crun_t *c, ref_view_t *v, proto_err_t *err) {
     if (!v->t || (v->t->device == c->dev && is_whole(v)))
         return 0;
     tensor_t *t = NULL;
     int rc;
+    if (v->t->device == c->dev && !ref__is_contiguous(v) && !host_kernels) {
+        if ((rc = gpu_gather(c, v, &t, err)))
+            return rc;
+        set_whole(v, t);
+        return 0;
+    }
     if (v->t->device == c->dev && ref__is_contiguous(v)) {
         CUstream st = NULL;
         uint64_t size = proto_dtype_size(v->dtype);
@@ -342,21 +413,9 @@ static int gpu_kernel(crun_t *c, const graph_t *g, const plan_t *p, int32_t s, p
         bufs.p[0] = (CUdeviceptr)out->t->dptr;
     }
     CUfunction fn;
-    if ((rc = cuda_function(c->dev, pk->cu_name, pk->cu_src, &fn, err)))
+    if ((rc = cuda_function(c->dev, pk->cu_name, pk->cu_src, &fn, err)) ||
+        (rc = launch(c, fn, kir_cuda_launch(k), units, stream, &bufs, err)))
         goto out;
-    kir_cuda_launch_t l = kir_cuda_launch(k);
-    uint64_t blocks = (units * (uint64_t)l.unit_threads + (uint64_t)l.threads - 1) /
-                      (uint64_t)l.threads;
-    if (blocks > (1u << 20)) /* the kernels stride over the grid: more blocks add nothing */
-        blocks = 1u << 20;
-    long long start = 0, end = (long long)units;
-    void *args[] = {&bufs, &start, &end};
-    CUresult r = cuda_driver()->cuLaunchKernel(fn, (unsigned)(blocks ? blocks : 1), 1, 1,
-                                               (unsigned)l.threads, 1, 1, 0, stream, args, NULL);
-    if (r != CUDA_SUCCESS) {
-        rc = cuda_fail(err, c->dev, r, "cuLaunchKernel");
-        goto out;
-    }
     if (nb > 0) {
         /* The partials are few (outputs x blocks): combined on the host, in block order. */
         double *h = pg_calloc_array(units, sizeof(double));
@@ -504,9 +563,11 @@ int crun_step(crun_t *c, const graph_t *g, const plan_t *p, int32_t s, tensor_t 
     if (n->op == PRIM_input || n->op == PRIM_const)
         return ref_eval(g, st->node, vals, err);
     if (is_view_prim(n->op)) {
-        /* Only a reshape of a non-contiguous view copies; it does so on the host. */
+        /* Only a reshape of a non-contiguous view copies: a gather on the GPU (on the host
+         * under PICOGRAD_CUDA_HOST_KERNELS), then the reshape is a view of the copy. */
         ref_view_t *x = &vals[n->in[0]];
-        if (n->op == PRIM_reshape && !ref__is_contiguous(x) && (rc = to_host_view(c, x, err)))
+        if (n->op == PRIM_reshape && x->t && !ref__is_contiguous(x) &&
+            (rc = x->t->device == c->dev ? dev_contig(c, x, err) : to_host_view(c, x, err)))
             return rc;
         return ref_eval(g, st->node, vals, err);
     }

@@ -481,6 +481,19 @@ TEST_IMPL(strided_and_inplace) {
         k->inplace = 1;
         add(k);
     }
+    /* Pure gathers (server/cudarun.c's copy of a strided device view): an im2col window of a
+     * [2, 3, 8, 8] image (offset, overlapping strides), a transpose, a flip, every dtype. */
+    for (int t = 0; t < PG_DTYPE_COUNT; t++) {
+        k = kernel_new(6, (int64_t[]){2, 3, 6, 6, 3, 3}, all_dtypes[t]);
+        val_load(k, add_input_at(k, all_dtypes[t], 9, (int64_t[]){192, 64, 8, 1, 8, 1}));
+        add(k);
+    }
+    k = kernel_new(2, (int64_t[]){48, 64}, F32);
+    val_load(k, add_input_at(k, F32, 0, (int64_t[]){1, 48}));
+    add(k);
+    k = kernel_new(1, (int64_t[]){100}, F64);
+    val_load(k, add_input_at(k, F64, 99, (int64_t[]){-1}));
+    add(k);
     return compile_corpus("strided and in place");
 }
 
