@@ -15,6 +15,11 @@
  * connection; at its end the connection closes as at EOF and every byte of the memory budget
  * and every counted internal allocation must have come back.
  *
+ * Mutation: a byte mutated inside a frame would make its length prefix wrong and the rest of the
+ * stream garbage, so most mutations (LLVMFuzzerCustomMutator below) pick one frame, mutate its
+ * body with libFuzzer's own mutators and rewrite its length, or repeat a frame (a `run` seen
+ * twice hits the prepared-run cache); one in four mutates the raw stream, framing included.
+ *
  * Bounds, so that no input can allocate much or run long: --max-memory FZ_MEMORY (every tensor
  * and frame is reserved against it, and graph_add refuses any node larger), --max-frame
  * FZ_MAX_FRAME, one interpreter thread, no JIT (no compiler runs), and `sleep` runs cancelled
@@ -134,6 +139,59 @@ static uint32_t fz_rand(uint32_t *s) {
     *s ^= *s >> 17;
     *s ^= *s << 5;
     return *s;
+}
+
+size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size);
+
+/* Finds the complete frames of a stream (after the 2 seed bytes): at[i] is where frame i's
+ * prefix starts. Returns how many (at most cap). */
+static size_t fz_frames(const uint8_t *data, size_t size, size_t *at, size_t cap) {
+    size_t n = 0, pos = 2;
+    while (n < cap && size - pos >= 4) {
+        uint32_t len = proto_get_len(data + pos);
+        if (len == 0 || len > FZ_MAX_FRAME || size - pos - 4 < len)
+            break;
+        at[n++] = pos;
+        pos += 4 + (size_t)len;
+    }
+    return n;
+}
+
+size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size, unsigned int seed) {
+    size_t at[256];
+    size_t nf = size >= 2 ? fz_frames(data, size, at, 256) : 0;
+    if (nf == 0 || seed % 4 == 0)
+        return LLVMFuzzerMutate(data, size, max_size);
+    size_t k = (seed / 4) % nf;
+    size_t start = at[k], len = proto_get_len(data + start), end = start + 4 + len;
+    if (seed % 8 == 1) {
+        /* Repeat frame k right after itself. */
+        if (size + 4 + len > max_size)
+            return LLVMFuzzerMutate(data, size, max_size);
+        memmove(data + end + 4 + len, data + end, size - end);
+        memcpy(data + end, data + start, 4 + len);
+        return size + 4 + len;
+    }
+    /* Mutate frame k's body in place, moving what follows, and fix its length. */
+    size_t rest = size - end, room = max_size - (size - len);
+    uint8_t *body = malloc(room ? room : 1);
+    uint8_t *tail = malloc(rest ? rest : 1);
+    if (!body || !tail) {
+        free(body);
+        free(tail);
+        return size;
+    }
+    memcpy(body, data + start + 4, len);
+    memcpy(tail, data + end, rest);
+    size_t nl = LLVMFuzzerMutate(body, len, room > FZ_MAX_FRAME ? FZ_MAX_FRAME : room);
+    if (nl == 0)
+        nl = 1, body[0] = 0x80; /* an empty map: a frame is never empty */
+    proto_put_len(data + start, (uint32_t)nl);
+    memcpy(data + start + 4, body, nl);
+    memcpy(data + start + 4 + nl, tail, rest);
+    free(body);
+    free(tail);
+    return start + 4 + nl + rest;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
