@@ -19,7 +19,13 @@ and msgpack.dict, the libFuzzer dictionary: every string the recorded frames con
 names, ops, node ops, dtypes) and every node op hello lists, msgpack-encoded.
 
 File names are content hashes, so rerunning adds only new inputs. Run from the repository root:
-  PYTHONPATH=clients/python /usr/bin/python3 tests/fuzz/make_corpus.py
+  PYTHONPATH=clients/python /usr/bin/python3 tests/fuzz/make_corpus.py [--from-tests]
+
+--from-tests also runs the integration suites that send graphs (conformance, autodiff, assign,
+passes, prepcache, nn_optim, jit, ops; ~2 minutes) with record_plugin.py, which records every
+run/explain session prefix up to 16 KiB (~20000 of them), and merges those into corpus/graph
+with `build-fuzz/bin/pg_fuzz_graph -merge=1 -use_counters=0`: only inputs that reach new edges
+are kept (~400). Build the harnesses first (tests/fuzz/run.sh 0).
 """
 
 import hashlib
@@ -237,6 +243,24 @@ def write_session(name, fr):
             put("graph", seed + b"".join(kept))
 
 
+def from_tests():
+    suites = [f"tests/integration/test_conformance_{s}.py" for s in
+              ("creation", "elementwise", "lazy", "linalg_index", "movement", "reduce", "errors",
+               "nn")]
+    suites += [f"tests/integration/test_{s}.py" for s in
+               ("autodiff", "assign", "passes", "prepcache", "nn_optim", "jit", "ops")]
+    harness = ROOT / "build-fuzz" / "bin" / "pg_fuzz_graph"
+    if not harness.exists():
+        sys.exit("make_corpus: build the harnesses first (tests/fuzz/run.sh 0)")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, PG_FUZZ_RECORD_DIR=tmp,
+                   PYTHONPATH=f"{ROOT / 'clients' / 'python'}:{ROOT / 'tests' / 'fuzz'}")
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                        "record_plugin", *suites], cwd=ROOT, env=env, check=True)
+        subprocess.run([str(harness), "-merge=1", "-use_counters=0", "-timeout=25",
+                        str(CORPUS / "graph"), tmp], check=True)
+
+
 def main():
     daemon = os.environ.get("PICOGRAD_DAEMON", str(ROOT / "build" / "bin" / "picogradd"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,6 +288,8 @@ def main():
             proc.terminate()
             proc.wait(timeout=15)
     write_dict()
+    if "--from-tests" in sys.argv[1:]:
+        from_tests()
     for kind in ("frame", "request", "graph"):
         print(kind, len(list((CORPUS / kind).iterdir())), "inputs")
 

@@ -50,7 +50,7 @@ for h in "${harnesses[@]}"; do
     if "build-fuzz/bin/pg_fuzz_$h" "$work/$h" -dict=tests/fuzz/msgpack.dict \
         -max_total_time="$secs" -timeout=25 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="build-fuzz/artifacts/$h-" >"$work/$h.log" 2>&1; then
-        grep -E '^#[0-9]+ ' "$work/$h.log" | tail -n 1
+        grep -E '^#[0-9]+[[:space:]]' "$work/$h.log" | tail -n 1
         grep -E '^stat::number_of_executed_units|^stat::average_exec_per_sec' \
             "$work/$h.log" || true
     else
