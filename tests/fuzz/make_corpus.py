@@ -74,6 +74,11 @@ def s_basic(url):
         c.get(h)
         c.free(h)
     c.put(np.zeros((0, 4), np.float32))
+    for dev in ("cpu", "cpu:0", "cuda", "cuda:1", "tpu"):  # no GPU here: no_device or bad_request
+        try:
+            c.put(np.ones(3, np.float32), device=dev)
+        except pg.PicogradError:
+            pass
     c.put(np.float64(3.5))
     c.call("sleep", seconds=0)
     c.stats()
@@ -90,6 +95,7 @@ def s_elementwise(url):
     (a.int() + 2).float().pow(2).numpy()
     (a @ a.t()).relu().numpy()
     pg.cat([a, a], dim=0).numpy()
+    (pg.ones(2, 2, device="cpu") * 3).numpy()  # a run with a `device` field
     pg.stack([a, a]).sum(dim=0).numpy()
 
 
