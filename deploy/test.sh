@@ -9,12 +9,14 @@
 #      the nn, movement, indexing, autograd and training suites again on the stand-in GPU (cuda:0 of
 #      build/fake-cuda/libcuda.so.1, PICOGRAD_TEST_DEVICE);
 #   3. the same again on an AddressSanitizer + UndefinedBehaviorSanitizer build (build-asan/),
-#      where LeakSanitizer checks that the daemon exits with nothing leaked.
+#      where LeakSanitizer checks that the daemon exits with nothing leaked;
+#   4. the libFuzzer harnesses (tests/fuzz/run.sh), 20 s each (skipped without clang/libFuzzer).
 #
 #   deploy/test.sh            everything
 #   deploy/test.sh --no-asan  skip step 3 (a quicker local loop)
 #   deploy/test.sh --full-jit every conformance suite compiled in step 2 (not only nn, movement
 #                             and index; ~13 more minutes)
+#   deploy/test.sh --fuzz SECONDS  fuzz each harness for SECONDS instead of 20 (0 skips step 4)
 #
 # Python runs under /usr/bin/python3: Debian's interpreter sees the python3-* packages that
 # setup.sh installs; another python3 on PATH may not.
@@ -22,18 +24,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 asan=1
 full_jit=0
-for arg in "$@"; do
-    case "$arg" in
+fuzz_secs=20
+while (($#)); do
+    case "$1" in
     --no-asan) asan=0 ;;
     --full-jit) full_jit=1 ;;
-    *) echo "test.sh: unknown option $arg" >&2; exit 2 ;;
+    --fuzz)
+        [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "test.sh: --fuzz needs SECONDS" >&2; exit 2; }
+        fuzz_secs="$2"
+        shift ;;
+    *) echo "test.sh: unknown option $1" >&2; exit 2 ;;
     esac
+    shift
 done
 PY=/usr/bin/python3
 export PYTHONPATH="$PWD/clients/python${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 
-bash deploy/setup.sh --test
+bash deploy/setup.sh --test --fuzz
 
 echo "== C unit tests (Release)"
 ctest --test-dir build --output-on-failure
@@ -86,5 +94,15 @@ if ((asan)); then
     # The 64-client soak runs its full 60 s above; here 20 s of it checks for leaks.
     PICOGRAD_DAEMON="$PWD/build-asan/bin/picogradd" PICOGRAD_SOAK_SECONDS=20 \
         "$PY" -m pytest -q -p no:cacheprovider tests/integration
+fi
+if ((fuzz_secs > 0)); then
+    echo "== Fuzzing: each libFuzzer harness for ${fuzz_secs}s (tests/fuzz/run.sh)"
+    rc=0
+    bash tests/fuzz/run.sh "$fuzz_secs" || rc=$?
+    if ((rc == 77)); then
+        echo "== Fuzzing: skipped (clang or libFuzzer missing; deploy/setup.sh --fuzz)"
+    elif ((rc != 0)); then
+        exit "$rc"
+    fi
 fi
 echo "== all tests passed"

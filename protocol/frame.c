@@ -145,7 +145,7 @@ proto_read_event_t proto_reader_advance(proto_reader_t *r, size_t n) {
 
 typedef enum {
     MP_SCALAR,   /* nil, bool, float, negative int */
-    MP_UINT,     /* a non-negative int; value in u */
+    MP_UINT,     /* a non-negative int (in any int format, as msgpack-c reads it); value in u */
     MP_STR,      /* payload of len bytes follows */
     MP_BIN,      /* payload of len bytes follows */
     MP_EXT,      /* type byte + payload of len bytes follows (type counted in hdr) */
@@ -239,6 +239,10 @@ static int mp_header(const uint8_t *p, size_t n, mp_item_t *it) {
     if (n < 1 + extra + type_byte)
         return 0;
     uint64_t v = be(p + 1, (int)extra);
+    /* A signed format holding a value >= 0 is an unsigned int to msgpack-c (which decodes the
+     * whole frame): read it as one, or proto_peek_id would miss an id that req_decode finds. */
+    if (b >= 0xd0 && b <= 0xd3 && !(p[1] & 0x80))
+        it->kind = MP_UINT;
     if (it->kind == MP_UINT && extra)
         it->u = v;
     else if (extra && it->kind != MP_SCALAR)

@@ -246,3 +246,26 @@ def test_max_memory_accounting(daemon_factory):
         h = pg.put(chunk)
         assert (pg.get(h) == 3).all()
         pg.free(h)
+
+
+@pytest.mark.parametrize("fmt,pack", [(0xd0, ">b"), (0xd1, ">h"), (0xd2, ">i"), (0xd3, ">q")])
+def test_refused_frame_keeps_signed_format_id(daemon_factory, fmt, pack):
+    """An id >= 0 written in a signed int format (as some encoders write int64) is an unsigned
+    int to the decoder, so a refused frame's error reply must carry it too (found by
+    tests/fuzz: the head scan that answers refused frames used to miss it)."""
+    d = daemon_factory(["--max-memory", "1048576"])
+    s = open_raw(d.url("unix"))
+    try:
+        data = bytes(2 << 20)  # 2 MiB: the frame alone is over the 1 MiB budget
+        body = (b"\x85" + msgpack.packb("id") + bytes([fmt]) + struct.pack(pack, 42)
+                + msgpack.packb("op") + msgpack.packb("put")
+                + msgpack.packb("dtype") + msgpack.packb("float32")
+                + msgpack.packb("shape") + msgpack.packb([len(data) // 4])
+                + msgpack.packb("data") + b"\xc6" + struct.pack(">I", len(data)) + data)
+        s.sendall(struct.pack(">I", len(body)) + body)
+        reply = read_reply(s)
+        assert error_code(reply) == "out_of_memory", reply
+        assert reply["id"] == 42, reply
+        assert request(s, {"id": 43, "op": "ping"})["ok"] is True  # still usable
+    finally:
+        s.close()

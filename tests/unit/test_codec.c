@@ -199,6 +199,45 @@ TEST_IMPL(check_map_good_and_locate) {
     return 0;
 }
 
+/* Found by pg_fuzz_frame: an id >= 0 in a signed int format (some encoders write int64 so) is an
+ * unsigned int to msgpack-c, hence to req_decode; proto_peek_id, which answers refused frames,
+ * must find it too. */
+TEST_IMPL(peek_id_signed_formats) {
+    const uint8_t i8[] = {0x81, 0xa2, 'i', 'd', 0xd0, 0x05};
+    const uint8_t i16[] = {0x81, 0xa2, 'i', 'd', 0xd1, 0x01, 0x00};
+    const uint8_t i32[] = {0x81, 0xa2, 'i', 'd', 0xd2, 0x00, 0x01, 0x00, 0x00};
+    const uint8_t i64[] = {0x82, 0xa2, 'o', 'p', 0xa3, 'p', 'u', 't', 0xa2, 'i', 'd', 0xd3,
+                           0x03, 0xa2, 0x6f, 0x70, 0xa3, 0x70, 0x75, 0x74};
+    const uint8_t neg[] = {0x81, 0xa2, 'i', 'd', 0xd0, 0xff};
+    uint64_t id = 0;
+    ASSERT(proto_peek_id(i8, sizeof(i8), &id));
+    ASSERT_EQ(id, 5);
+    ASSERT(proto_peek_id(i16, sizeof(i16), &id));
+    ASSERT_EQ(id, 256);
+    ASSERT(proto_peek_id(i32, sizeof(i32), &id));
+    ASSERT_EQ(id, 65536);
+    ASSERT(proto_peek_id(i64, sizeof(i64), &id));
+    ASSERT_EQ(id, 0x03a26f70a3707574ull);
+    ASSERT(!proto_peek_id(neg, sizeof(neg), &id));
+    /* msgpack-c agrees on every one of them. */
+    const uint8_t *all[] = {i8, i16, i32, i64, neg};
+    size_t lens[] = {sizeof(i8), sizeof(i16), sizeof(i32), sizeof(i64), sizeof(neg)};
+    for (int k = 0; k < 5; k++) {
+        proto_err_t err;
+        ASSERT_EQ(proto_check_map(all[k], lens[k], &err), 0);
+        msgpack_unpacked m;
+        msgpack_unpacked_init(&m);
+        size_t off = 0;
+        ASSERT_EQ(msgpack_unpack_next(&m, (const char *)all[k], lens[k], &off),
+                  MSGPACK_UNPACK_SUCCESS);
+        const msgpack_object *o = proto_find(&m.data, "id");
+        ASSERT(o);
+        ASSERT_EQ(o->type == MSGPACK_OBJECT_POSITIVE_INTEGER, k < 4);
+        msgpack_unpacked_destroy(&m);
+    }
+    return 0;
+}
+
 TEST_IMPL(check_map_rejects) {
     proto_err_t err;
     const uint8_t not_map[] = {0x93, 1, 2, 3};         /* an array */
@@ -467,6 +506,7 @@ TEST_IMPL(client_url_search) {
     X(reader_bad_len)                                                                              \
     X(reader_discard_keeps_head)                                                                   \
     X(check_map_good_and_locate)                                                                   \
+    X(peek_id_signed_formats)                                                                      \
     X(check_map_rejects)                                                                           \
     X(getters)                                                                                     \
     X(shapes)                                                                                      \
