@@ -77,11 +77,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     d->cfg.phys_memory = FZ_MEMORY;
     d->cfg.jit = false;
     d->cfg.prepared_cache = 8;
+    d->cfg.max_nodes = GRAPH_MAX_NODES;
+    d->cfg.max_session_memory = FZ_MEMORY;
     g_daemon = d;
     log_set_level(LOG_ERROR);
     mem_init(FZ_MEMORY);
     ref_set_threads(1);
-    dev_init();
+    dev_init(NULL);
     prepcache_init(d->cfg.prepared_cache);
     d->start_ns = uv_hrtime();
     fz_live_base = pg_malloc_live();
