@@ -28,7 +28,6 @@
 #include "mem.h"
 
 #include <stdlib.h>
-#include <string.h>
 
 static bool host_kernels; /* PICOGRAD_CUDA_HOST_KERNELS: kernels and matmuls on the host */
 
