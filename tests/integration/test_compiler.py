@@ -382,6 +382,35 @@ def test_row_kernels_bitwise(daemon_factory, tmp_path):
             cases += 1
     assert cases > 200
     assert_all_compiled(jit)
+    # Outputs of 4 MiB and more are written with streaming stores (render_c.c): the same bits,
+    # a NaN row included; and a row length that is not a multiple of 8 keeps the plain store.
+    for shape in ((1024, 1536), (1025, 1032), (2048, 517)):
+        x = (rng.standard_normal(shape) * 3).astype(np.float32)
+        x[5, 7] = np.nan
+        w = rng.standard_normal(shape[-1:]).astype(np.float32)
+        b = rng.standard_normal(shape[-1:]).astype(np.float32)
+        nodes, outs, names = row_patterns(x, w, b, [1])
+        results = []
+        for c in (cj, cr):
+            hs = [c.put(a) for a in (x, w, b)]
+            nn = [dict(n) for n in nodes]
+            for i, h in enumerate(hs):
+                nn[i]["handle"] = h
+            r = c.call("run", nodes=nn, outputs=[{"node": o, "keep": False} for o in outs])
+            results.append([decode(o) for o in r["outputs"]])
+            for h in hs:
+                c.free(h)
+        for name, a, bb in zip(names, *results):
+            assert_same(a, bb, f"{name}, shape {shape} (streaming stores)")
+    src = cj.call("explain", nodes=[{"op": "input", "handle": cj.put(x)},
+                                    {"op": "layer_norm", "in": [0], "normalized_shape": [517]}],
+                  outputs=[{"node": 1, "keep": False}])
+    assert "movntps" not in str(src)  # 517: not a multiple of 8
+    h = cj.put(np.zeros((1024, 1536), np.float32))
+    src = cj.call("explain", nodes=[{"op": "input", "handle": h},
+                                    {"op": "layer_norm", "in": [0], "normalized_shape": [1536]}],
+                  outputs=[{"node": 1, "keep": False}])
+    assert "__builtin_ia32_movntps256" in str(src)
     # softmax over the last axis is one kernel: max, sum of exp, write.
     h = cj.put(rng.standard_normal((64, 100)).astype(np.float32))
     text = cj.call("explain", nodes=[{"op": "input", "handle": h},
