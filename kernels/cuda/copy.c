@@ -78,6 +78,11 @@ static CUresult stage_wait(stage_t *st, int i) {
     return cuda_driver()->cuEventSynchronize(st->done[i]);
 }
 
+/* Bytes of the chunk of an n-byte copy that starts at off. */
+static size_t chunk_len(uint64_t n, uint64_t off) {
+    return n - off < CUDA_STAGE_BYTES ? (size_t)(n - off) : CUDA_STAGE_BYTES;
+}
+
 int cuda_stream_create(int dev, CUstream *s, proto_err_t *err) {
     int rc = cuda_enter(dev, err);
     if (rc)
@@ -115,7 +120,7 @@ int cuda_copy_h2d(int dev, CUstream s, CUdeviceptr dst, const void *src, uint64_
     const char *what = "cuMemcpyHtoDAsync";
     for (uint64_t off = 0, k = 0; off < n && r == CUDA_SUCCESS; off += CUDA_STAGE_BYTES, k++) {
         int i = (int)(k & 1);
-        size_t len = n - off < CUDA_STAGE_BYTES ? (size_t)(n - off) : CUDA_STAGE_BYTES;
+        size_t len = chunk_len(n, off);
         if ((r = stage_wait(st, i)) != CUDA_SUCCESS) {
             what = "an earlier copy on its stream";
             break;
@@ -154,7 +159,7 @@ int cuda_copy_d2h(int dev, CUstream s, void *dst, CUdeviceptr src, uint64_t n,
         if (k < nchunks) {
             int i = (int)(k & 1);
             uint64_t off = k * CUDA_STAGE_BYTES;
-            size_t len = n - off < CUDA_STAGE_BYTES ? (size_t)(n - off) : CUDA_STAGE_BYTES;
+            size_t len = chunk_len(n, off);
             if ((r = d->cuMemcpyDtoHAsync(st->buf[i], src + off, len, s)) == CUDA_SUCCESS &&
                 (r = d->cuEventRecord(st->done[i], s)) == CUDA_SUCCESS)
                 st->pending[i] = true;
@@ -162,7 +167,7 @@ int cuda_copy_d2h(int dev, CUstream s, void *dst, CUdeviceptr src, uint64_t n,
         if (k > 0 && r == CUDA_SUCCESS) {
             int i = (int)((k - 1) & 1);
             uint64_t off = (k - 1) * CUDA_STAGE_BYTES;
-            size_t len = n - off < CUDA_STAGE_BYTES ? (size_t)(n - off) : CUDA_STAGE_BYTES;
+            size_t len = chunk_len(n, off);
             if ((r = stage_wait(st, i)) != CUDA_SUCCESS)
                 what = "a copy on its stream";
             else

@@ -343,6 +343,18 @@ def row_patterns(x, w, b, dims):
     return nodes, outs, names
 
 
+def run_row_patterns(c, arrays, nodes, outs):
+    """Runs row_patterns' graph on connection c over arrays (x, w, b); returns its outputs."""
+    hs = [c.put(a) for a in arrays]
+    nn = [dict(n) for n in nodes]
+    for i, h in enumerate(hs):
+        nn[i]["handle"] = h
+    r = c.call("run", nodes=nn, outputs=[{"node": o, "keep": False} for o in outs])
+    for h in hs:
+        c.free(h)
+    return [decode(o) for o in r["outputs"]]
+
+
 def test_row_kernels_bitwise(daemon_factory, tmp_path):
     """Reductions broadcast back into their consumers (softmax, layer_norm, variance, ...) run
     as staged kernels (passes/stitch.c) and agree bit for bit with the interpreter, on random
@@ -367,16 +379,7 @@ def test_row_kernels_bitwise(daemon_factory, tmp_path):
         w = rng.standard_normal(tshape).astype(dt)
         b = rng.standard_normal(tshape).astype(dt)
         nodes, outs, names = row_patterns(x, w, b, dims)
-        results = []
-        for c in (cj, cr):
-            hs = [c.put(a) for a in (x, w, b)]
-            nn = [dict(n) for n in nodes]
-            for i, h in enumerate(hs):
-                nn[i]["handle"] = h
-            r = c.call("run", nodes=nn, outputs=[{"node": o, "keep": False} for o in outs])
-            results.append([decode(o) for o in r["outputs"]])
-            for h in hs:
-                c.free(h)
+        results = [run_row_patterns(c, (x, w, b), nodes, outs) for c in (cj, cr)]
         for name, a, bb in zip(names, *results):
             assert_same(a, bb, f"{name}, shape {shape}, dims {dims}, {np.dtype(dt).name}")
             cases += 1
@@ -390,16 +393,7 @@ def test_row_kernels_bitwise(daemon_factory, tmp_path):
         w = rng.standard_normal(shape[-1:]).astype(np.float32)
         b = rng.standard_normal(shape[-1:]).astype(np.float32)
         nodes, outs, names = row_patterns(x, w, b, [1])
-        results = []
-        for c in (cj, cr):
-            hs = [c.put(a) for a in (x, w, b)]
-            nn = [dict(n) for n in nodes]
-            for i, h in enumerate(hs):
-                nn[i]["handle"] = h
-            r = c.call("run", nodes=nn, outputs=[{"node": o, "keep": False} for o in outs])
-            results.append([decode(o) for o in r["outputs"]])
-            for h in hs:
-                c.free(h)
+        results = [run_row_patterns(c, (x, w, b), nodes, outs) for c in (cj, cr)]
         for name, a, bb in zip(names, *results):
             assert_same(a, bb, f"{name}, shape {shape} (streaming stores)")
     src = cj.call("explain", nodes=[{"op": "input", "handle": cj.put(x)},
