@@ -35,7 +35,13 @@
 
 static atomic_int pool_threads = 1; /* the caller and its workers, for ref__threads */
 
-#define CHUNKS_PER_THREAD 4 /* smaller chunks than threads even out uneven rows */
+/* Chunks per thread. A loop ends when its slowest thread takes its last chunk, so the wait at
+ * the end is up to one chunk long. A worker that slept also starts 20-140 us after the caller
+ * (measured after an idle pause, 2-CPU VM). With 4 chunks per thread a 16 MiB loop has 2-8 MiB
+ * chunks, 100-400 us each, and the threads ended a median ~150 us apart; with 16 they end ~30 us
+ * apart (tests/bench/fused.py's kernels). Taking a chunk is one atomic add, so more chunks cost
+ * nothing measurable, and small loops are capped at one chunk per item below. */
+#define CHUNKS_PER_THREAD 16
 
 static struct {
     pthread_mutex_t busy;          /* held by the one job using the pool, and by ref_set_threads */
