@@ -81,6 +81,10 @@ typedef struct req {
     double timeout;           /* its time limit in seconds (0: none), chosen when it is
                                * handed to a worker: --request-timeout or its own `timeout` */
     _Atomic uint64_t started_ns; /* uv_hrtime() when a worker began it; 0 before */
+    int early_fd;             /* >= 0: its worker may send the reply on this socket itself
+                               * (conn.c, "Writing"); -1: the loop thread sends it */
+    uint64_t early_sent;      /* reply bytes the worker sent (0 when it sent none) */
+    bool sealed;              /* the reply frame is complete: error packed, length filled */
 } req_t;
 
 /* Why a request running on a worker must stop (req_t.cancel). */

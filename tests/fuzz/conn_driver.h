@@ -208,6 +208,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     conn_t *c = pg_malloc(sizeof(*c));
     FZ_CHECK(c);
     memset(c, 0, sizeof(*c));
+    FZ_CHECK(pthread_mutex_init(&c->wlock, NULL) == 0); /* conn_release destroys it */
     c->d = d;
     sess_init(&c->sess, ++d->next_session);
     proto_reader_init(&c->rd, (uint32_t)d->cfg.max_frame);

@@ -73,6 +73,58 @@ def test_pipelined_requests_in_order(url):
             assert np.array_equal(pg.get(h), a)
 
 
+def test_pipelined_runs_with_large_replies_in_order(daemon, transport):
+    """Compute replies that a worker sends itself ("early replies", server/conn.c) share the
+    socket with replies the loop thread writes. Replies of several MiB fill the socket, so an
+    early send is cut short and the loop sends the rest; a reader that pauses makes that happen
+    at random points. Every reply must still arrive whole, in request order."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(1_500_000).astype(np.float32)  # 6 MiB: more than a socket buffer
+    small = np.arange(7, dtype=np.float32)
+    with picograd.Connection(daemon.url(transport), timeout=TIMEOUT) as pg:
+        hx, hs = pg.put(x), pg.put(small)
+        plan = []  # ("run", k): x * k inline; ("ping",); ("get",)
+        for i in range(30):
+            plan.append(("run", i % 5 + 1) if i % 3 != 2 else (("ping",), ("get",))[i % 2])
+        sent_ids, send_errors = [], []
+
+        def sender():
+            try:
+                for step in plan:
+                    if step[0] == "run":
+                        nodes = [{"op": "input", "handle": hx},
+                                 {"op": "const", "value": step[1], "dtype": "float32"},
+                                 {"op": "mul", "in": [0, 1]}]
+                        sent_ids.append(pg.send("run", nodes=nodes,
+                                                outputs=[{"node": 2, "keep": False}]))
+                    elif step[0] == "ping":
+                        sent_ids.append(pg.send("ping"))
+                    else:
+                        sent_ids.append(pg.send("get", handle=hs))
+            except Exception as exc:  # reported by the main thread
+                send_errors.append(exc)
+
+        t = threading.Thread(target=sender)
+        t.start()
+        replies = []
+        for i in range(len(plan)):
+            if rng.random() < 0.3:
+                time.sleep(0.02)  # let the daemon's sends find the socket full
+            replies.append(pg.recv())
+        t.join()
+        assert not send_errors, send_errors
+        assert [r["id"] for r in replies] == sent_ids
+        for step, reply in zip(plan, replies):
+            assert reply["ok"] is True, reply
+            if step[0] == "run":
+                out = reply["outputs"][0]
+                got = np.frombuffer(bytes(out["data"]), np.float32)
+                np.testing.assert_array_equal(got, x * np.float32(step[1]))
+            elif step[0] == "get":
+                np.testing.assert_array_equal(
+                    np.frombuffer(reply["data"], dtype="<f4"), small)
+
+
 def test_concurrent_connections(daemon, transport):
     url = daemon.url(transport)
     observer = picograd.Connection(url, timeout=TIMEOUT)
