@@ -11,13 +11,14 @@
 #   3. the same again on an AddressSanitizer + UndefinedBehaviorSanitizer build (build-asan/),
 #      where LeakSanitizer checks that the daemon exits with nothing leaked (fewer kernels to
 #      compile there: see the step);
-#   4. the libFuzzer harnesses (tests/fuzz/run.sh), 20 s each (skipped without clang/libFuzzer).
+#   4. the libFuzzer harnesses (tests/fuzz/run.sh), 10 s each (skipped without clang/libFuzzer).
 #
 #   deploy/test.sh            everything
 #   deploy/test.sh --no-asan  skip step 3 (a quicker local loop)
 #   deploy/test.sh --full-jit every conformance suite compiled in step 2 (not only nn, movement
 #                             and index; ~13 more minutes)
-#   deploy/test.sh --fuzz SECONDS  fuzz each harness for SECONDS instead of 20 (0 skips step 4)
+#   deploy/test.sh --fuzz SECONDS  fuzz each harness for SECONDS instead of 10 (0 skips step 4)
+#   deploy/test.sh --soak SECONDS  run the 64-client soak of step 2 for SECONDS instead of 30
 #
 # Python runs under /usr/bin/python3: Debian's interpreter sees the python3-* packages that
 # setup.sh installs; another python3 on PATH may not.
@@ -25,7 +26,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 asan=1
 full_jit=0
-fuzz_secs=20
+fuzz_secs=10
+soak_secs=30
 while (($#)); do
     case "$1" in
     --no-asan) asan=0 ;;
@@ -33,6 +35,10 @@ while (($#)); do
     --fuzz)
         [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "test.sh: --fuzz needs SECONDS" >&2; exit 2; }
         fuzz_secs="$2"
+        shift ;;
+    --soak)
+        [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || { echo "test.sh: --soak needs SECONDS" >&2; exit 2; }
+        soak_secs="$2"
         shift ;;
     *) echo "test.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -51,7 +57,8 @@ ctest --test-dir build --output-on-failure
 cuda_dump="$(mktemp -d /tmp/picograd-cuda-dump.XXXXXX)"
 trap 'rm -rf "$cuda_dump"' EXIT
 echo "== Python client and integration tests (Release)"
-PICOGRAD_TEST_DAEMON_ARGS="--dump-cuda $cuda_dump" \
+# The 64-client soak (test_robustness.py) runs --soak seconds (30; a longer one is an option).
+PICOGRAD_TEST_DAEMON_ARGS="--dump-cuda $cuda_dump" PICOGRAD_SOAK_SECONDS="$soak_secs" \
     "$PY" -m pytest -q -p no:cacheprovider clients/python/tests tests/integration
 # Every conformance loop compiled (--jit-min-work 0): a few thousand kernels to compile cold
 # (~13 min on 2 cores), so CI runs the nn, movement and index suites (~1 min) and --full-jit all.
@@ -92,7 +99,7 @@ if ((asan)); then
     export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
     ctest --test-dir build-asan --output-on-failure
-    # The 64-client soak runs its full 60 s above; here 20 s of it checks for leaks. The
+    # The 64-client soak ran above; here 20 s of it checks for leaks. The
     # compiler's bitwise suites mostly wait for cc compiling hundreds of kernels, which are not
     # instrumented; the daemon's side of that (planning, the JIT, the caches) is the same for
     # every kernel, so here 50 random graphs stand for the 200 above and the two suites that
