@@ -99,11 +99,11 @@ if ((asan)); then
     export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
     ctest --test-dir build-asan --output-on-failure
-    # The 64-client soak ran above; here 20 s of it checks for leaks. The
-    # compiler's bitwise suites mostly wait for cc compiling hundreds of kernels, which are not
-    # instrumented; the daemon's side of that (planning, the JIT, the caches) is the same for
-    # every kernel, so here 50 random graphs stand for the 200 above and the two suites that
-    # only add more kernels to compile are left to the Release run (~2 of ~6.5 minutes).
+    # The 64-client soak ran above; here 20 s of it checks for leaks. The compiler's bitwise
+    # suites mostly wait for cc compiling hundreds of kernels, which are not instrumented; the
+    # daemon's side of that (planning, the JIT, the caches) is the same for every kernel, so
+    # here 50 random graphs stand for the 200 above and the two suites that only add more
+    # kernels to compile are left to the Release run (~2 of ~6.5 minutes).
     PICOGRAD_DAEMON="$PWD/build-asan/bin/picogradd" PICOGRAD_SOAK_SECONDS=20 PG_COMPILER_SEEDS=50 \
         "$PY" -m pytest -q -p no:cacheprovider tests/integration \
         -k "not test_row_kernels_bitwise and not test_reductions_of_buffers_and_views_bitwise"

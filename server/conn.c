@@ -20,8 +20,9 @@
  * woke the loop thread and the loop wrote the reply: one more thread wake-up on the way back,
  * 17-57 us (p10-p90, measured after an idle pause on a 2-CPU VM). So when nothing else is on its
  * way to the peer (no write in flight, nothing queued: the reply would be next on the wire
- * anyway), the worker sends the finished reply itself with one non-blocking sendmsg, and the
- * loop only sends what the socket did not take. The loop writes nothing to a connection while
+ * anyway), the worker sends the finished reply itself with one non-blocking sendmsg (libuv's
+ * uv_try_write may only be called on the loop thread), and the loop only sends what the socket
+ * did not take. The loop writes nothing to a connection while
  * its head is on a worker, so the bytes stay in order; the connection's `wlock` keeps the
  * socket from being closed (conn_close) during that sendmsg.
  *

@@ -82,7 +82,7 @@ typedef struct req {
                                * handed to a worker: --request-timeout or its own `timeout` */
     _Atomic uint64_t started_ns; /* uv_hrtime() when a worker began it; 0 before */
     int early_fd;             /* >= 0: its worker may send the reply on this socket itself
-                               * (conn.c, "Writing"); -1: the loop thread sends it */
+                               * (conn.c, "Early replies"); -1: the loop thread sends it */
     uint64_t early_sent;      /* reply bytes the worker sent (0 when it sent none) */
     bool sealed;              /* the reply frame is complete: error packed, length filled */
 } req_t;
