@@ -74,9 +74,37 @@ kir_kernel_t *kir__coalesced(const kir_kernel_t *k);
  * (the caller's now). NULL, with b's text freed, when an append failed. */
 char *kir__finish(kir__buf_t *b, const char *prefix, const char *placeholder, char *name,
                   size_t name_cap);
+/* True when computing value j per element involves a transcendental function or a division
+ * (values that do not vary along the loop are computed once per row anyway). */
+bool kir__costly(const kir_kernel_t *k, const bool *varies, int j);
 /* The costly value (*dst, last stage) a staged kernel can keep from an earlier fold (*src);
  * both stay -1 when there is none. */
 void kir__find_kept(const kir_kernel_t *k, const bool *varies, int *dst, int *src);
+/* Folds (render_c.c). A float fold runs in KIR_LANES lanes acc<s>[l] (kir.h) of the type
+ * kir__fold_acc_type gives; kir__fold_init declares them; kir__fold_expr writes one step
+ * "acc op x"; kir__fold_lanes emits the pairwise combination and puts the name of the combined
+ * value in p; kir__fold_result writes it rounded to dt (max and min: NaN when any element was,
+ * which the fold tracks in nan<s>). */
+const char *kir__fold_acc_type(prim_t op, pg_dtype_t rdt, uint64_t rlen);
+void kir__fold_init(kir__buf_t *b, const char *indent, int s, prim_t op, const char *at);
+int kir__fold_expr(char *out, size_t cap, prim_t op, const char *acc, const char *x);
+void kir__fold_lanes(kir__buf_t *b, const char *indent, int s, prim_t op, const char *at,
+                     char *p, size_t pcap);
+void kir__fold_result(char *out, size_t cap, int s, prim_t op, pg_dtype_t dt, const char *p);
+
+/* Streaming stores (render_c.c, rc_loop_staged): compiled in where this holds, for row kernels
+ * with a float32 output of at least KIR__NT_MIN_BYTES. */
+#define KIR__NT_COND "defined(__AVX__) && defined(__GNUC__) && !defined(__clang__)"
+#define KIR__NT_MIN_BYTES (4ull << 20)
+/* True when staged kernel k writes its rows (of rowlen elements) with streaming stores;
+ * keep_dst as kir__find_kept gives it. */
+bool kir__streams(const kir_kernel_t *k, int keep_dst, int64_t rowlen);
+
+/* Software-pipelined row kernels (render_c_pipe.c): true when staged kernel k can run the
+ * stages of consecutive rows in one loop, and the renderer of that loop. */
+bool kir__pipelines(const kir_kernel_t *k, const bool *varies);
+void kir__render_pipelined(kir__buf_t *b, const kir_kernel_t *k, const bool *varies);
+
 /* Emits the header comment of kernel k (iteration space, inputs, SSA list), naming `name` (the
  * placeholder) and the renderer `file`. */
 void kir__comment(kir__buf_t *b, const kir_kernel_t *k, const char *name, const char *file);

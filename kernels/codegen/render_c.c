@@ -568,7 +568,7 @@ static void rc_loop_elementwise(kir__buf_t *b, const kir_kernel_t *k) {
 
 /* Folds float x into float accumulator acc as op does. max and min ignore NaN here (a flag
  * remembers it), which keeps the select vectorizable. */
-static int rc_fold_f(char *out, size_t cap, prim_t op, const char *acc, const char *x) {
+int kir__fold_expr(char *out, size_t cap, prim_t op, const char *acc, const char *x) {
     if (op == PRIM_sum)
         return snprintf(out, cap, "%s + %s", acc, x);
     if (op == PRIM_prod)
@@ -611,6 +611,49 @@ static void rc_close_loops(kir__buf_t *b, int n, char *indent) {
     }
 }
 
+const char *kir__fold_acc_type(prim_t op, pg_dtype_t rdt, uint64_t rlen) {
+    if (op == PRIM_max || op == PRIM_min || kir_sum_in_float(op, rdt, rlen))
+        return kir__ctype(rdt); /* exact, or a short float32 sum: float lanes */
+    return "double";
+}
+
+void kir__fold_init(kir__buf_t *b, const char *indent, int s, prim_t op, const char *at) {
+    const char *init = op == PRIM_sum ? "0.0" : op == PRIM_prod ? "1.0"
+                       : op == PRIM_max ? "-INFINITY" : "INFINITY";
+    kir__printf(b, "%s%s acc%d[%d] = {", indent, at, s, KIR_LANES);
+    for (int l = 0; l < KIR_LANES; l++)
+        kir__printf(b, "%s%s", l ? ", " : "", init);
+    kir__printf(b, "};\n");
+}
+
+void kir__fold_lanes(kir__buf_t *b, const char *indent, int s, prim_t op, const char *at,
+                     char *p, size_t pcap) {
+    char t[KIR_LANES][32], u[32], e[RC_EXPR_MAX];
+    for (int l = 0; l < KIR_LANES; l++)
+        snprintf(t[l], sizeof(t[l]), "acc%d[%d]", s, l);
+    for (int w = 1, level = 0; w < KIR_LANES; w *= 2, level++) {
+        for (int l = 0; l + w < KIR_LANES; l += 2 * w) {
+            snprintf(u, sizeof(u), "c%d_%d_%d", s, level, l);
+            if (kir__fold_expr(e, sizeof(e), op, t[l], t[l + w]) < 0)
+                b->oom = true;
+            if (op == PRIM_sum || op == PRIM_prod)
+                snprintf(e, sizeof(e), "%s %s %s", t[l], op == PRIM_sum ? "+" : "*", t[l + w]);
+            kir__printf(b, "%sconst %s %s = %s;\n", indent, at, u, e);
+            snprintf(t[l], sizeof(t[l]), "%s", u);
+        }
+    }
+    snprintf(p, pcap, "%s", t[0]);
+}
+
+void kir__fold_result(char *out, size_t cap, int s, prim_t op, pg_dtype_t dt, const char *p) {
+    char r[128];
+    if (op == PRIM_max || op == PRIM_min)
+        snprintf(r, sizeof(r), "nan%d ? (double)NAN : (double)%s", s, p);
+    else
+        snprintf(r, sizeof(r), "%s", p);
+    kir__convert(out, cap, true, dt, r);
+}
+
 /*
  * Emits the fold of values [vb, ve) over the axes `red` (loops over them, the other axes' indices
  * already defined) and then "const T a<s> = <the folded value rounded to dt>;". Float folds run
@@ -643,8 +686,7 @@ static void rc_emit_fold(kir__buf_t *b, const kir_kernel_t *k, char idx[][RC_EXP
         for (int d = 0; d < k->rank; d++)
             if (red[d])
                 rlen *= (uint64_t)k->shape[d];
-        bool f32 = kir_sum_in_float(op, rdt, rlen); /* short float32 sums: float lanes */
-        const char *at = extreme || f32 ? kir__ctype(rdt) : "double";
+        const char *at = kir__fold_acc_type(op, rdt, rlen);
         int64_t n = dl >= 0 ? k->shape[dl] : 1, nb = kir_fold_blocks(n);
         bool blocks = dl >= 0 && (nb > 1 || part);
         char tot[32], p[32];
@@ -660,15 +702,12 @@ static void rc_emit_fold(kir__buf_t *b, const kir_kernel_t *k, char idx[][RC_EXP
             kir__printf(b, "%sconst int64_t lo = blk * %d, len = %" PRId64 " - lo < %d ? %" PRId64
                          " - lo : %d, full = len / %d * %d;\n", indent, KIR_FOLD_BLOCK, n,
                       KIR_FOLD_BLOCK, n, KIR_FOLD_BLOCK, KIR_LANES, KIR_LANES);
-        kir__printf(b, "%s%s acc%d[%d] = {", indent, at, s, KIR_LANES);
-        for (int l = 0; l < KIR_LANES; l++)
-            kir__printf(b, "%s%s", l ? ", " : "", init);
-        kir__printf(b, "};\n");
+        kir__fold_init(b, indent, s, op, at);
         char fold[2 * RC_EXPR_MAX + 128];
         int nl = rc_open_loops(b, k, red, dl, indent);
         char acc[32];
         snprintf(acc, sizeof(acc), "acc%d[l]", s);
-        if (rc_fold_f(e, sizeof(e), op, acc, "x") < 0)
+        if (kir__fold_expr(e, sizeof(e), op, acc, "x") < 0)
             b->oom = true;
         if (extreme)
             snprintf(fold, sizeof(fold), "const %s x = %s;\n%%s%s = %s;\n%%snan%d |= x != x;\n",
@@ -724,22 +763,7 @@ static void rc_emit_fold(kir__buf_t *b, const kir_kernel_t *k, char idx[][RC_EXP
             }
         }
         rc_close_loops(b, nl, indent);
-        /* The pairwise combination of the lanes (kir.h). */
-        char t[KIR_LANES][32], u[32];
-        for (int l = 0; l < KIR_LANES; l++)
-            snprintf(t[l], sizeof(t[l]), "acc%d[%d]", s, l);
-        for (int w = 1, level = 0; w < KIR_LANES; w *= 2, level++) {
-            for (int l = 0; l + w < KIR_LANES; l += 2 * w) {
-                snprintf(u, sizeof(u), "c%d_%d_%d", s, level, l);
-                if (rc_fold_f(e, sizeof(e), op, t[l], t[l + w]) < 0)
-                    b->oom = true;
-                if (op == PRIM_sum || op == PRIM_prod)
-                    snprintf(e, sizeof(e), "%s %s %s", t[l], op == PRIM_sum ? "+" : "*", t[l + w]);
-                kir__printf(b, "%sconst %s %s = %s;\n", indent, at, u, e);
-                snprintf(t[l], sizeof(t[l]), "%s", u);
-            }
-        }
-        snprintf(p, sizeof(p), "%s", t[0]);
+        kir__fold_lanes(b, indent, s, op, at, p, sizeof(p));
         if (part) { /* one block (`blk`): its value, for the executor to combine (kir.h) */
             if (extreme)
                 kir__printf(b, "%s%s = nan%d ? (double)NAN : (double)%s;\n", indent, part, s, p);
@@ -748,7 +772,7 @@ static void rc_emit_fold(kir__buf_t *b, const kir_kernel_t *k, char idx[][RC_EXP
             return;
         }
         if (blocks) { /* blocks combine in order */
-            if (rc_fold_f(e, sizeof(e), op, tot, p) < 0)
+            if (kir__fold_expr(e, sizeof(e), op, tot, p) < 0)
                 b->oom = true;
             if (op == PRIM_sum || op == PRIM_prod)
                 snprintf(e, sizeof(e), "%s %s %s", tot, op == PRIM_sum ? "+" : "*", p);
@@ -757,12 +781,8 @@ static void rc_emit_fold(kir__buf_t *b, const kir_kernel_t *k, char idx[][RC_EXP
             kir__printf(b, "%s}\n", indent);
             snprintf(p, sizeof(p), "%s", tot);
         }
-        char st[RC_EXPR_MAX], r[128];
-        if (extreme)
-            snprintf(r, sizeof(r), "nan%d ? (double)NAN : (double)%s", s, p);
-        else
-            snprintf(r, sizeof(r), "%s", p);
-        kir__convert(st, sizeof(st), true, dt, r);
+        char st[RC_EXPR_MAX];
+        kir__fold_result(st, sizeof(st), s, op, dt, p);
         kir__printf(b, "%sconst %s a%d = %s;\n", indent, kir__ctype(dt), s, st);
         return;
     }
@@ -858,7 +878,7 @@ static bool rc_equiv(const kir_kernel_t *k, int i, int j) {
 
 /* True when computing value j per element involves a transcendental function or a division
  * (values that do not vary along the row are computed once per row anyway). */
-static bool rc_costly(const kir_kernel_t *k, const bool *varies, int j) {
+bool kir__costly(const kir_kernel_t *k, const bool *varies, int j) {
     const kir_val_t *v = &k->vals[j];
     if (v->kind != KIR_OP || !varies[j])
         return false;
@@ -868,8 +888,8 @@ static bool rc_costly(const kir_kernel_t *k, const bool *varies, int j) {
     case PRIM_erf:
         return true;
     default:
-        return rc_costly(k, varies, v->a) || (v->b >= 0 && rc_costly(k, varies, v->b)) ||
-               (v->c >= 0 && rc_costly(k, varies, v->c));
+        return kir__costly(k, varies, v->a) || (v->b >= 0 && kir__costly(k, varies, v->b)) ||
+               (v->c >= 0 && kir__costly(k, varies, v->c));
     }
 }
 
@@ -880,7 +900,7 @@ void kir__find_kept(const kir_kernel_t *k, const bool *varies, int *dst, int *sr
     if (k->stage[last].reduce != PRIM_COUNT)
         return;
     for (int j = k->nvals - 1; j >= fb; j--) {
-        if (!varies[j] || k->vals[j].dtype != k->out_dtype || !rc_costly(k, varies, j))
+        if (!varies[j] || k->vals[j].dtype != k->out_dtype || !kir__costly(k, varies, j))
             continue;
         for (int i = 0; i < fb; i++)
             if (varies[i] && rc_equiv(k, j, i)) {
@@ -896,19 +916,21 @@ void kir__find_kept(const kir_kernel_t *k, const bool *varies, int *dst, int *sr
  * more traffic for a row kernel like layer_norm. With GCC and AVX the last stage then computes
  * eight values into a register and stores them with movntps (32-byte aligned: rows of a multiple
  * of 8 float32 in a tensor's 64-byte aligned buffer), and the kernel ends with an sfence. Not
- * for outputs under RC_NT_MIN_BYTES (they may still be in cache when the next kernel reads
+ * for outputs under KIR__NT_MIN_BYTES (they may still be in cache when the next kernel reads
  * them), a value kept in the output row (softmax's exp: already in cache) or in-place kernels. */
-#define RC_NT_COND "defined(__AVX__) && defined(__GNUC__) && !defined(__clang__)"
-#define RC_NT_MIN_BYTES (4ull << 20)
 
-static bool rc_streams(const kir_kernel_t *k, int keep_dst, int64_t rowlen) {
+bool kir__streams(const kir_kernel_t *k, int keep_dst, int64_t rowlen) {
     return k->out_dtype == PG_FLOAT32 && keep_dst < 0 && !k->inplace &&
            k->stage[k->nstages - 1].reduce == PRIM_COUNT && k->row == k->rank - 1 &&
-           rowlen % 8 == 0 && kir_out_numel(k) * 4 >= RC_NT_MIN_BYTES;
+           rowlen % 8 == 0 && kir_out_numel(k) * 4 >= KIR__NT_MIN_BYTES;
 }
 
 /* Staged: a loop over rows; per row each stage's fold, then the last stage's write or fold. */
 static void rc_loop_staged(kir__buf_t *b, const kir_kernel_t *k, const bool *varies) {
+    if (kir__pipelines(k, varies)) { /* layer_norm-like rows along the last axis */
+        kir__render_pipelined(b, k, varies);
+        return;
+    }
     char idx[KIR_MAX_INPUTS][RC_EXPR_MAX];
     bool kept[PROTO_MAX_RANK], red[PROTO_MAX_RANK], need[PROTO_MAX_RANK] = {false};
     int64_t rowlen = 1;
@@ -938,7 +960,7 @@ static void rc_loop_staged(kir__buf_t *b, const kir_kernel_t *k, const bool *var
     kir__find_kept(k, varies, &keep_dst, &keep_src);
     char store[RC_EXPR_MAX + 64];
     snprintf(store, sizeof(store), "%s = v%d; /* kept for the last stage */\n", at, keep_src);
-    bool stream = rc_streams(k, keep_dst, rowlen);
+    bool stream = kir__streams(k, keep_dst, rowlen);
     kir__printf(b, "    for (int64_t o = start; o < end; o++) {\n");
     kir__unflatten(b, k, "o", kept, need, "        ");
     rc_bases(b, k, idx, kept, red);
@@ -966,7 +988,7 @@ static void rc_loop_staged(kir__buf_t *b, const kir_kernel_t *k, const bool *var
             /* Eight results at a time into a register, stored around the caches (the same
              * values as the plain loop below: only the store differs). */
             int d = k->rank - 1;
-            kir__printf(b, "#if " RC_NT_COND "\n"
+            kir__printf(b, "#if " KIR__NT_COND "\n"
                          "        for (int64_t j%d = 0; j%d < %" PRId64 "; j%d += 8) {\n"
                          "            float nt[8] __attribute__((aligned(32)));\n"
                          "            for (int64_t i%d = j%d; i%d < j%d + 8; i%d++) {\n",
@@ -991,7 +1013,7 @@ static void rc_loop_staged(kir__buf_t *b, const kir_kernel_t *k, const bool *var
         kir__printf(b, "        out[o] = a%d;\n", last);
     kir__printf(b, "    }\n");
     if (stream) /* streaming stores are weakly ordered: fence them before the loop returns */
-        kir__printf(b, "#if " RC_NT_COND "\n    __builtin_ia32_sfence();\n#endif\n");
+        kir__printf(b, "#if " KIR__NT_COND "\n    __builtin_ia32_sfence();\n#endif\n");
 }
 
 /* =============================================================================================
@@ -1002,8 +1024,11 @@ static void rc_loop_staged(kir__buf_t *b, const kir_kernel_t *k, const bool *var
 static const char rc_prelude[] =
     "#include <math.h>\n"
     "#include <stdint.h>\n"
-    "#if " RC_NT_COND "\n"
+    "#if " KIR__NT_COND "\n"
     "typedef float pg_v8sf __attribute__((vector_size(32)));\n"
+    "#endif\n"
+    "#if " KIR__NT_COND " && defined(__AVX512F__)\n"
+    "typedef float pg_v16sf __attribute__((vector_size(64)));\n"
     "#endif\n"
     "\n"
     "/* float -> int as the interpreter's ref__f2i: NaN and infinities give 0, clamped. */\n"

@@ -367,7 +367,8 @@ def test_row_kernels_bitwise(daemon_factory, tmp_path):
     for trial in range(24):
         rank = int(rng.integers(2, 5))
         shape = [int(rng.integers(1, 9)) for _ in range(rank)]
-        shape[-1] = int(rng.choice([1, 3, 8, 13, 64, 100]))
+        # 16, 64, 128 (a multiple of the 16 fold lanes, over the last axis): software-pipelined
+        shape[-1] = int(rng.choice([1, 3, 8, 13, 16, 64, 100, 128]))
         k = int(rng.integers(1, rank))
         dims = list(range(rank - k, rank)) if trial % 4 else sorted(
             int(d) for d in rng.choice(rank, size=k, replace=False))
@@ -396,6 +397,17 @@ def test_row_kernels_bitwise(daemon_factory, tmp_path):
         results = [run_row_patterns(c, (x, w, b), nodes, outs) for c in (cj, cr)]
         for name, a, bb in zip(names, *results):
             assert_same(a, bb, f"{name}, shape {shape} (streaming stores)")
+    # Software-pipelined row kernels (render_c_pipe.c) on fewer rows than stages (only the
+    # first and last iterations of the pipeline run), a few more, and many split over threads.
+    for shape in ((1, 16), (2, 32), (3, 16), (5, 48), (4099, 64)):
+        xp = (rng.standard_normal(shape) * 3).astype(np.float32)
+        xp[-1, 3] = np.nan
+        wp = rng.standard_normal(shape[-1:]).astype(np.float32)
+        bp = rng.standard_normal(shape[-1:]).astype(np.float32)
+        nodes, outs, names = row_patterns(xp, wp, bp, [1])
+        results = [run_row_patterns(c, (xp, wp, bp), nodes, outs) for c in (cj, cr)]
+        for name, a, bb in zip(names, *results):
+            assert_same(a, bb, f"{name}, shape {shape} (pipelined rows)")
     src = cj.call("explain", nodes=[{"op": "input", "handle": cj.put(x)},
                                     {"op": "layer_norm", "in": [0], "normalized_shape": [517]}],
                   outputs=[{"node": 1, "keep": False}])
@@ -404,7 +416,12 @@ def test_row_kernels_bitwise(daemon_factory, tmp_path):
     src = cj.call("explain", nodes=[{"op": "input", "handle": h},
                                     {"op": "layer_norm", "in": [0], "normalized_shape": [1536]}],
                   outputs=[{"node": 1, "keep": False}])
-    assert "__builtin_ia32_movntps256" in str(src)
+    assert "vmovntps" in str(src) and "Software-pipelined" in str(src)  # render_c_pipe.c
+    h = cj.put(np.zeros((1024, 1032), np.float32))
+    src = cj.call("explain", nodes=[{"op": "input", "handle": h},
+                                    {"op": "layer_norm", "in": [0], "normalized_shape": [1032]}],
+                  outputs=[{"node": 1, "keep": False}])
+    assert "__builtin_ia32_movntps256" in str(src)  # 1032: row by row (render_c.c)
     # softmax over the last axis is one kernel: max, sum of exp, write.
     h = cj.put(rng.standard_normal((64, 100)).astype(np.float32))
     text = cj.call("explain", nodes=[{"op": "input", "handle": h},
