@@ -142,16 +142,19 @@ def realize_lazy():
             _LAZY.pop(id(t), None)
 
 
-_states = weakref.WeakKeyDictionary()  # Connection -> _ConnState; does not keep it alive
 _states_lock = threading.Lock()
 
 
 def _state(conn):
-    with _states_lock:
-        st = _states.get(conn)
-        if st is None:
-            st = _states[conn] = _ConnState()
-        return st
+    """conn's _ConnState, kept on the Connection itself: every run looks it up, and a plain
+    attribute costs a fraction of a locked weak-dictionary lookup."""
+    st = getattr(conn, "_tensor_state", None)
+    if st is None:
+        with _states_lock:
+            st = getattr(conn, "_tensor_state", None)
+            if st is None:
+                st = conn._tensor_state = _ConnState()
+    return st
 
 
 class _Buffer:
@@ -163,7 +166,7 @@ class _Buffer:
     numbers start over, and a stale handle must not free a new session's tensor.
     """
 
-    __slots__ = ("conn", "handle", "session", "readers", "pending", "__weakref__")
+    __slots__ = ("conn", "handle", "session", "readers", "pending", "_dead", "__weakref__")
 
     def __init__(self, conn, handle):
         self.conn = conn
@@ -176,8 +179,13 @@ class _Buffer:
         # See _mark_mutable, _assign_later and _execute.
         self.readers = None
         self.pending = None
-        fin = weakref.finalize(self, _state(conn).dead.append, (self.session, handle))
-        fin.atexit = False  # at exit the session closes, which frees everything anyway
+        self._dead = _state(conn).dead
+
+    def __del__(self):
+        # Only queues the handle (see the module docstring); at exit the session closes, which
+        # frees everything anyway. (A __del__ costs a fraction of a weakref.finalize, which
+        # every run's every kept output would otherwise create.)
+        self._dead.append((self.session, self.handle))
 
 
 def _take_dead(conn):
@@ -1567,6 +1575,44 @@ def _assign_later(target, value):
     _state(b.conn).assigns[id(b)] = (b, value)
 
 
+def _run_one(t, fetch):
+    """_execute's common case: one pending tensor to keep (pg.realize, a forward pass) and, with
+    ``fetch``, its data too (.numpy(), .item()), and no assign queued. It sends the same run as
+    the general path with a fraction of the bookkeeping, which matters because a run's round
+    trip starts with the client's caches cold more often than not. Returns _execute's result,
+    or None, having sent nothing, when the case does not apply.
+    """
+    _need_tensor("realize", t)
+    c = t._buf.conn if t._buf is not None else t._conn
+    if _state(c if c is not None else default_connection()).assigns:
+        return None  # the run must carry them (general path)
+    if t._buf is not None:
+        return None if fetch else []  # a handle already: a `get`, or nothing to do
+    nodes, order, index = _build([t])
+    if len(nodes) > MAX_RUN_NODES:
+        return None  # to be split (general path)
+    conn = _graph_conn(order)
+    i = index[_key(t)]
+    outputs = [{"node": i, "keep": True}, {"node": i, "keep": False}] if fetch else \
+        [{"node": i, "keep": True}]
+    try:
+        if t._dev is None:
+            reply = _exchange(conn, "run", nodes=nodes, outputs=outputs)
+        else:
+            reply = _exchange(conn, "run", nodes=nodes, outputs=outputs, device=t._dev)
+    except PicogradError as exc:
+        raise _with_site(exc, order) from None
+    results = reply.get("outputs")
+    if not isinstance(results, list) or len(results) != len(outputs):
+        raise PicogradError("bad_reply", f"a run reply needs {len(outputs)} outputs")
+    mismatch = []
+    _adopt(t, conn, results[0], mismatch)
+    if mismatch:
+        raise PicogradError("bad_reply", "the daemon and the client disagree on "
+                                         + "; ".join(mismatch))
+    return [_decode(results[1])] if fetch else []
+
+
 def _execute(keep=(), fetch=(), assigns=None, cache=(), split=False):
     """Evaluates ``keep`` (pending ones become handles) and returns the data of ``fetch`` as
     numpy arrays, in order, with as few round trips as possible (one, normally).
@@ -1578,6 +1624,11 @@ def _execute(keep=(), fetch=(), assigns=None, cache=(), split=False):
     as a new handle) and they are rewired to it. ``cache`` lists fetched tensors whose data is
     kept on the Tensor (``_val``), so that reading them later costs no round trip.
     """
+    if len(keep) == 1 and not assigns and not cache and not split and (
+            not fetch or (len(fetch) == 1 and fetch[0] is keep[0])):
+        out = _run_one(keep[0], bool(fetch))
+        if out is not None:
+            return out
     fetch = [t._buf.pending if t._buf is not None and t._buf.pending is not None else t
              for t in fetch]
     explicit = list(assigns) if assigns else []
