@@ -20,11 +20,14 @@
  *                                                 carry to the next row: A0_2 = A0_1,
  *                                                 A1_2 = a1, A0_1 = a0
  *
- * A<t>_<s> is fold t's result for the row now at stage s. The first and last S - 1 iterations,
- * where some of those rows fall outside [start, end), run each stage that has a row in its own
- * loop. Only kernels whose row is the innermost axis, a multiple of KIR_LANES long and folded
- * without blocks, with float folds, a written last stage and no transcendental or division
- * along the row take this form; the others are rendered row by row.
+ * A<t>_<s> is fold t's result for the row now at stage s. In the first and last S - 1
+ * iterations some stages have no row in [start, end): they work on a stand-in, the nearest row
+ * of the range, and what they compute is never used. The last stage writes its stand-in, row
+ * `start`, only in the first iterations, before row start's own write. That keeps one loop and
+ * no branch, for S - 1 rows of extra work per call (a call covers a chunk of rows; see
+ * kernels/ref/par.c). Only kernels whose row is the innermost axis, a multiple of KIR_LANES long
+ * and folded without blocks, with float folds, a written last stage and no transcendental or
+ * division along the row take this form; the others are rendered row by row.
  */
 #include "kir_render.h"
 
@@ -121,10 +124,10 @@ static void rp_stage_body(kir__buf_t *b, const rp_t *p, int s, const char *inden
     kir__printf(b, "%s}\n", indent);
 }
 
-/* Emits one loop along the row running the stages in `on` (each on its own row), at indent. */
-static void rp_loop(kir__buf_t *b, const rp_t *p, const bool *on, const char *indent) {
+/* Emits the loop along the row that runs every stage, each on its own row, at indent. */
+static void rp_loop(kir__buf_t *b, const rp_t *p, const char *indent) {
     int last = p->k->nstages - 1;
-    bool nt = p->stream && on[last];
+    bool nt = p->stream;
     char in2[64];
     snprintf(in2, sizeof(in2), "%s        ", indent);
     kir__printf(b, "%sfor (int64_t g = 0; g < %" PRId64 "; g += %d) {\n", indent, p->rowlen,
@@ -137,8 +140,7 @@ static void rp_loop(kir__buf_t *b, const rp_t *p, const bool *on, const char *in
                    "%s        const int64_t i%d = g + l;\n",
                 indent, indent, KIR_LANES, indent, p->d);
     for (int s = 0; s <= last; s++)
-        if (on[s])
-            rp_stage_body(b, p, s, in2);
+        rp_stage_body(b, p, s, in2);
     kir__printf(b, "%s    }\n", indent);
     if (nt) {
         /* The streaming store is an asm statement that GCC does not see write memory. With a
@@ -167,9 +169,9 @@ static void rp_loop(kir__buf_t *b, const rp_t *p, const bool *on, const char *in
     kir__printf(b, "%s}\n", indent);
 }
 
-/* Emits, for the row at stage s: o<s>, the input bases b<n>_<s>, the values that do not vary
- * along the row (the folded results it reads are the carried A<t>_<s>) and, for a fold, its
- * lanes. */
+/* Emits, for the row at stage s: o<s> (its stand-in outside [start, end)), the input bases
+ * b<n>_<s> and the values that do not vary along the row (the folded results it reads are the
+ * carried A<t>_<s>). */
 static void rp_stage_head(kir__buf_t *b, const rp_t *p, int s) {
     const kir_kernel_t *k = p->k;
     const kir_stage_t *st = &k->stage[s];
@@ -181,7 +183,11 @@ static void rp_stage_head(kir__buf_t *b, const rp_t *p, int s) {
             need[a] |= kept[a] && k->in[n].strides[a] != 0;
     kir__printf(b, "        /* stage %d: %s, on row o%d */\n", s,
                 s < k->nstages - 1 ? kir__prim_name(st->reduce) : "write the row", s);
-    kir__printf(b, "        const int64_t o%d = r - %d;\n", s, s);
+    if (s == 0)
+        kir__printf(b, "        const int64_t o0 = r < end ? r : end - 1;\n");
+    else
+        kir__printf(b, "        const int64_t o%d = r - %d < start ? start : r - %d < end ? r - %d : "
+                       "end - 1;\n", s, s, s, s);
     if (k->nin > 0) {
         char lin[16], base[KIR__EXPR_MAX];
         snprintf(lin, sizeof(lin), "o%d", s);
@@ -245,33 +251,14 @@ void kir__render_pipelined(kir__buf_t *b, const kir_kernel_t *k, const bool *var
     kir__printf(b, "    for (int64_t r = start; r < end + %d; r++) {\n", last);
     for (int s = 0; s <= last; s++)
         rp_stage_head(b, &p, s);
-    for (int s = 0; s < last; s++)
-        kir__printf(b, "        %s N%d = 0; /* fold %d's result for row o%d */\n",
+    for (int s = 0; s < last; s++) {
+        kir__printf(b, "        %s N%d; /* fold %d's result for row o%d */\n",
                     kir__ctype(k->stage[s].dtype), s, s, s);
-    /* The lanes are declared in the block of the one loop that folds them, so that the
-     * compiler keeps them in registers. */
-    bool on[KIR_MAX_STAGES] = {false};
-    for (int s = 0; s <= last; s++)
-        on[s] = true;
-    kir__printf(b, "        if (r >= start + %d && r < end) { /* every stage has a row */\n", last);
-    for (int s = 0; s < last; s++)
-        rp_fold_open(b, &p, s, "            ");
-    rp_loop(b, &p, on, "            ");
-    for (int s = 0; s < last; s++)
-        rp_fold_close(b, &p, s, "            ");
-    kir__printf(b, "        } else { /* the first and last rows: each stage that has one */\n");
-    for (int s = 0; s <= last; s++) {
-        for (int t = 0; t <= last; t++)
-            on[t] = t == s;
-        kir__printf(b, "            if (o%d >= start && o%d < end) {\n", s, s);
-        if (s < last)
-            rp_fold_open(b, &p, s, "                ");
-        rp_loop(b, &p, on, "                ");
-        if (s < last)
-            rp_fold_close(b, &p, s, "                ");
-        kir__printf(b, "            }\n");
+        rp_fold_open(b, &p, s, "        ");
     }
-    kir__printf(b, "        }\n");
+    rp_loop(b, &p, "        ");
+    for (int s = 0; s < last; s++)
+        rp_fold_close(b, &p, s, "        ");
     /* Each row moves on to the next stage, the oldest first so that nothing is overwritten
      * before it is copied. */
     for (int s = last; s >= 1; s--) {
