@@ -185,7 +185,9 @@ class _Buffer:
         # Only queues the handle (see the module docstring); at exit the session closes, which
         # frees everything anyway. (A __del__ costs a fraction of a weakref.finalize, which
         # every run's every kept output would otherwise create.)
-        self._dead.append((self.session, self.handle))
+        dead = getattr(self, "_dead", None)  # None: __init__ did not get that far
+        if dead is not None:
+            dead.append((self.session, self.handle))
 
 
 def _take_dead(conn):
