@@ -81,6 +81,12 @@ static void rp_idx(const rp_t *p, int s, char idx[][KIR__EXPR_MAX]) {
 
 static int rp_begin(const kir_kernel_t *k, int s) { return s ? k->stage[s - 1].end : 0; }
 
+/* The C type of fold s's lanes. */
+static const char *rp_acc_type(const rp_t *p, int s) {
+    const kir_stage_t *st = &p->k->stage[s];
+    return kir__fold_acc_type(st->reduce, p->k->vals[st->end - 1].dtype, (uint64_t)p->rowlen);
+}
+
 /* Emits stage s's values that vary along the row and what the stage does with the last one:
  * fold it, or write it. At `indent`, inside the loop over the row (i<d> defined). */
 static void rp_stage_body(kir__buf_t *b, const rp_t *p, int s, const char *indent) {
@@ -98,7 +104,7 @@ static void rp_stage_body(kir__buf_t *b, const rp_t *p, int s, const char *inden
     }
     if (s < last) {
         prim_t op = st->reduce;
-        const char *at = kir__fold_acc_type(op, k->vals[ve - 1].dtype, (uint64_t)p->rowlen);
+        const char *at = rp_acc_type(p, s);
         char acc[32];
         snprintf(acc, sizeof(acc), "acc%d[l]", s);
         if (kir__fold_expr(e, sizeof(e), op, acc, "x") < 0)
@@ -220,18 +226,14 @@ static void rp_fold_open(kir__buf_t *b, const rp_t *p, int s, const char *indent
     const kir_stage_t *st = &p->k->stage[s];
     if (st->reduce == PRIM_max || st->reduce == PRIM_min)
         kir__printf(b, "%sint nan%d = 0;\n", indent, s);
-    kir__fold_init(b, indent, s, st->reduce,
-                   kir__fold_acc_type(st->reduce, p->k->vals[st->end - 1].dtype,
-                                      (uint64_t)p->rowlen));
+    kir__fold_init(b, indent, s, st->reduce, rp_acc_type(p, s));
 }
 
 /* Combines fold s's lanes into its result N<s>, at indent. */
 static void rp_fold_close(kir__buf_t *b, const rp_t *p, int s, const char *indent) {
     const kir_stage_t *st = &p->k->stage[s];
     char pv[32], res[KIR__EXPR_MAX];
-    const char *at = kir__fold_acc_type(st->reduce, p->k->vals[st->end - 1].dtype,
-                                        (uint64_t)p->rowlen);
-    kir__fold_lanes(b, indent, s, st->reduce, at, pv, sizeof(pv));
+    kir__fold_lanes(b, indent, s, st->reduce, rp_acc_type(p, s), pv, sizeof(pv));
     kir__fold_result(res, sizeof(res), s, st->reduce, st->dtype, pv);
     kir__printf(b, "%sN%d = %s;\n", indent, s, res);
 }

@@ -386,42 +386,36 @@ def test_row_kernels_bitwise(daemon_factory, tmp_path):
             cases += 1
     assert cases > 200
     assert_all_compiled(jit)
-    # Outputs of 4 MiB and more are written with streaming stores (render_c.c): the same bits,
-    # a NaN row included; and a row length that is not a multiple of 8 keeps the plain store.
-    for shape in ((1024, 1536), (1025, 1032), (2048, 517)):
+    def same_rows(shape, nan_at, what):
         x = (rng.standard_normal(shape) * 3).astype(np.float32)
-        x[5, 7] = np.nan
+        x[nan_at] = np.nan
         w = rng.standard_normal(shape[-1:]).astype(np.float32)
         b = rng.standard_normal(shape[-1:]).astype(np.float32)
         nodes, outs, names = row_patterns(x, w, b, [1])
         results = [run_row_patterns(c, (x, w, b), nodes, outs) for c in (cj, cr)]
         for name, a, bb in zip(names, *results):
-            assert_same(a, bb, f"{name}, shape {shape} (streaming stores)")
+            assert_same(a, bb, f"{name}, shape {shape} ({what})")
+
+    # Outputs of 4 MiB and more are written with streaming stores (render_c.c): the same bits,
+    # a NaN row included; and a row length that is not a multiple of 8 keeps the plain store.
+    for shape in ((1024, 1536), (1025, 1032), (2048, 517)):
+        same_rows(shape, (5, 7), "streaming stores")
     # Software-pipelined row kernels (render_c_pipe.c) on fewer rows than stages (only the
     # first and last iterations of the pipeline run), a few more, and many split over threads.
     for shape in ((1, 16), (2, 32), (3, 16), (5, 48), (4099, 64)):
-        xp = (rng.standard_normal(shape) * 3).astype(np.float32)
-        xp[-1, 3] = np.nan
-        wp = rng.standard_normal(shape[-1:]).astype(np.float32)
-        bp = rng.standard_normal(shape[-1:]).astype(np.float32)
-        nodes, outs, names = row_patterns(xp, wp, bp, [1])
-        results = [run_row_patterns(c, (xp, wp, bp), nodes, outs) for c in (cj, cr)]
-        for name, a, bb in zip(names, *results):
-            assert_same(a, bb, f"{name}, shape {shape} (pipelined rows)")
-    src = cj.call("explain", nodes=[{"op": "input", "handle": cj.put(x)},
-                                    {"op": "layer_norm", "in": [0], "normalized_shape": [517]}],
-                  outputs=[{"node": 1, "keep": False}])
-    assert "movntps" not in str(src)  # 517: not a multiple of 8
-    h = cj.put(np.zeros((1024, 1536), np.float32))
-    src = cj.call("explain", nodes=[{"op": "input", "handle": h},
-                                    {"op": "layer_norm", "in": [0], "normalized_shape": [1536]}],
-                  outputs=[{"node": 1, "keep": False}])
-    assert "vmovntps" in str(src) and "Software-pipelined" in str(src)  # render_c_pipe.c
-    h = cj.put(np.zeros((1024, 1032), np.float32))
-    src = cj.call("explain", nodes=[{"op": "input", "handle": h},
-                                    {"op": "layer_norm", "in": [0], "normalized_shape": [1032]}],
-                  outputs=[{"node": 1, "keep": False}])
-    assert "__builtin_ia32_movntps256" in str(src)  # 1032: row by row (render_c.c)
+        same_rows(shape, (-1, 3), "pipelined rows")
+
+    def layer_norm_source(rows, n):
+        h = cj.put(np.zeros((rows, n), np.float32))
+        return str(cj.call("explain", nodes=[{"op": "input", "handle": h},
+                                             {"op": "layer_norm", "in": [0],
+                                              "normalized_shape": [n]}],
+                           outputs=[{"node": 1, "keep": False}]))
+
+    assert "movntps" not in layer_norm_source(2048, 517)  # 517: not a multiple of 8
+    src = layer_norm_source(1024, 1536)
+    assert "vmovntps" in src and "Software-pipelined" in src  # render_c_pipe.c
+    assert "__builtin_ia32_movntps256" in layer_norm_source(1024, 1032)  # row by row
     # softmax over the last axis is one kernel: max, sum of exp, write.
     h = cj.put(rng.standard_normal((64, 100)).astype(np.float32))
     text = cj.call("explain", nodes=[{"op": "input", "handle": h},
