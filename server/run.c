@@ -668,6 +668,8 @@ out:
         sess_remove(r->sess, frees->via.array.ptr[k].via.u64);
     stats_count_run(phase_ns, uv_hrtime() - start);
     ref_set_cancel(NULL);
+    ref_rest(); /* the pool stops waiting for a next loop: the reply may wake the client onto
+                 * a CPU where it spins (kernels/ref/ref.h) */
     return rc;
 }
 

@@ -35,6 +35,12 @@ void ref_set_threads(int n);
  * to its request's cancel flag for the request's duration (server/run.c). */
 void ref_set_cancel(const atomic_int *flag);
 
+/* Says that the calling thread starts no loop soon (a daemon worker whose request is done). The
+ * pool's threads wait for a next loop spinning for a moment, since a graph's loops come one after
+ * another; after the last one that spin only holds a CPU that the client, woken by the reply,
+ * may be waiting for. This ends it, if the calling thread posted the pool's last loop. */
+void ref_rest(void);
+
 /*
  * Evaluates node i of g into vals[i], reading vals of its inputs (already evaluated, borrowed).
  * Allocates results with tensor_new (the memory budget applies). Returns 0, or a negative PG_E*

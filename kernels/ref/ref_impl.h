@@ -197,6 +197,10 @@ typedef void (*ref__chunk_fn)(void *ctx, uint64_t begin, uint64_t end);
 void ref__parallel_for(uint64_t n, uint64_t cost, ref__chunk_fn fn, void *ctx);
 /* Threads that ref__parallel_for may use (the caller's included). */
 int ref__threads(void);
+/* For tests: how long a worker spins for a next loop before it sleeps (default 100 us), and how
+ * many workers sleep now (not spinning, not working). */
+void ref__set_spin_ns(uint64_t ns);
+int ref__workers_asleep(void);
 /* Makes BLAS single-threaded: products are split over the pool's threads instead (matmul.c). */
 void ref__matmul_init(void);
 

@@ -16,6 +16,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <unistd.h>
 
 /* =============================================================================================
  * Hand-built graphs
@@ -874,6 +875,50 @@ TEST_IMPL(concurrent_evals) {
     return 0;
 }
 
+/* ref_rest: the pool's workers stop spinning for a next loop when the thread whose loop they ran
+ * says that none follows, and not when another thread says so. The spin is made 30 s long, so
+ * a worker asleep within the 10 s allowed below was sent to sleep by the hint. */
+static void *rest_elsewhere(void *arg) {
+    (void)arg;
+    ref_rest(); /* this thread posted no loop: no effect */
+    return NULL;
+}
+
+static bool wait_asleep(int want, double seconds) {
+    for (int k = 0; k < (int)(seconds * 1000); k++) {
+        if (ref__workers_asleep() == want)
+            return true;
+        usleep(1000);
+    }
+    return ref__workers_asleep() == want;
+}
+
+TEST_IMPL(rest_ends_spin) {
+    ref_set_threads(3);
+    ASSERT(wait_asleep(2, 10.0)); /* fresh workers go straight to sleep */
+    ref__set_spin_ns(30ull * 1000000000u);
+    size_t len;
+    void *a = eval_thread(&len); /* a 64x8192 loop on the pool: the workers now spin */
+    pthread_t th;
+    ASSERT_EQ(pthread_create(&th, NULL, rest_elsewhere, NULL), 0);
+    ASSERT_EQ(pthread_join(th, NULL), 0);
+    usleep(50000);
+    ASSERT_EQ(ref__workers_asleep(), 0); /* still spinning: the other thread's hint was ignored */
+    ref_rest();
+    ASSERT(wait_asleep(2, 10.0));
+    /* Asleep, they still take the next loop, woken by the condition variable. */
+    void *b = eval_thread(&len);
+    ASSERT(memcmp(a, b, len) == 0);
+    ref_rest();
+    ASSERT(wait_asleep(2, 10.0));
+    free(a);
+    free(b);
+    ref__set_spin_ns(100000);
+    ref_set_threads(1);
+    assert_no_leaks();
+    return 0;
+}
+
 #define TEST_LIST(X)                                                                               \
     X(philox_kat)                                                                                  \
     X(rand_layout)                                                                                 \
@@ -891,6 +936,7 @@ TEST_IMPL(concurrent_evals) {
     X(scatter_add_repeats)                                                                         \
     X(out_of_memory)                                                                               \
     X(thread_count_invariance)                                                                     \
-    X(concurrent_evals)
+    X(concurrent_evals)                                                                            \
+    X(rest_ends_spin)
 
 TEST_MAIN(TEST_LIST)
