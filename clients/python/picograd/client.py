@@ -17,7 +17,6 @@ import operator
 import socket
 import threading
 
-import msgpack
 import numpy as np
 
 from . import wire
@@ -278,7 +277,7 @@ class Connection:
         nbytes = payload.nbytes
 
         rid = next(self._ids)
-        packer = msgpack.Packer(use_bin_type=True)
+        packer = wire.packer()
         extra = (packer.pack("device"), packer.pack(str(device))) if device is not None else ()
         header = b"".join((
             packer.pack_map_header(5 + (device is not None)),

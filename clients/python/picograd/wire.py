@@ -23,6 +23,7 @@ import os
 import socket
 import stat
 import struct
+import threading
 
 import msgpack
 import numpy as np
@@ -254,9 +255,29 @@ def open_socket(address, timeout=None):
 # --------------------------------------------------------------------------------------------
 
 
+# One reusable Packer per thread. msgpack.packb makes a Packer, hence a fresh 1 MiB buffer, per
+# call; when the process has just freed large arrays (numpy's temporaries), glibc has returned the
+# top of its heap to the kernel and that buffer comes back as new pages: packing a small request
+# then took 270 us instead of 14 (measured after a numpy layer_norm on 4096x1024). A kept Packer
+# keeps its buffer.
+_packers = threading.local()
+_PACKER_KEEP = 4 << 20  # a buffer grown past this by one big request is not kept
+
+
+def packer():
+    """Returns this thread's msgpack Packer (``use_bin_type``; each ``pack`` returns its bytes and
+    resets it, also when it raises)."""
+    p = getattr(_packers, "packer", None)
+    if p is None:
+        p = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return p
+
+
 def encode_frame(obj):
     """Returns one whole frame (length prefix and msgpack body) for the map ``obj``."""
-    body = msgpack.packb(obj, use_bin_type=True)
+    body = packer().pack(obj)
+    if len(body) > _PACKER_KEEP:
+        _packers.packer = None
     if len(body) > _MAX_U32:
         raise PicogradError("too_large", f"a frame of {len(body)} bytes does not fit the 4-byte "
                                          "length prefix")

@@ -248,6 +248,45 @@ def _sample_objects(rng):
     return objs
 
 
+def test_encode_frame_reuses_a_packer_safely():
+    """encode_frame keeps one Packer per thread: a failed encode leaves nothing behind for the
+    next frame, a huge frame's grown buffer is not kept, and threads do not share a Packer."""
+    def body(frame):
+        (n,) = struct.unpack(">I", frame[:4])
+        assert n == len(frame) - 4
+        return msgpack.unpackb(frame[4:], raw=False)
+
+    small = {"id": 1, "op": "ping"}
+    assert body(wire.encode_frame(small)) == small
+    with pytest.raises(TypeError):
+        wire.encode_frame({"id": 2, "op": "run", "bad": object()})
+    assert body(wire.encode_frame(small)) == small  # no half-packed bytes in front
+    first = wire.packer()
+    huge = {"id": 3, "blob": b"x" * (wire._PACKER_KEEP + 1)}
+    assert body(wire.encode_frame(huge)) == huge
+    assert wire.packer() is not first  # the buffer grown for it was dropped
+
+    errors, packers = [], []  # the packers stay referenced, so their ids stay distinct
+
+    def encode_many(k):
+        try:
+            packers.append(wire.packer())
+            for i in range(500):
+                req = {"id": i, "op": "run", "who": k, "nodes": [k] * (i % 7)}
+                if body(wire.encode_frame(req)) != req:
+                    errors.append((k, i))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=encode_many, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len({id(p) for p in packers}) == 4
+
+
 def test_walk_map_matches_unpackb():
     rng = np.random.default_rng(1)
     objs = _sample_objects(rng)
