@@ -99,6 +99,15 @@ void kir__fold_result(char *out, size_t cap, int s, prim_t op, pg_dtype_t dt, co
 /* True when staged kernel k writes its rows (of rowlen elements) with streaming stores;
  * keep_dst as kir__find_kept gives it. */
 bool kir__streams(const kir_kernel_t *k, int keep_dst, int64_t rowlen);
+/* Row kernels ask for the next row of input n ahead of its loads (render_c.c, "Prefetch"):
+ * its row is contiguous, at most KIR__PF_MAX_ROW bytes, and differs from row to row. */
+#define KIR__PF_MAX_ROW (64 << 10)
+bool kir__prefetches(const kir_kernel_t *k, int n);
+/* Emits, at indent, `int64_t <names>;` and a block setting each to the base of row `row` (an
+ * expression over the axes before k->row) of input n, for each n that `only` marks (NULL:
+ * all); names are fmt with n ("b%d_1"). */
+void kir__row_bases(kir__buf_t *b, const kir_kernel_t *k, const char *row, const char *fmt,
+                    const bool *only, const char *indent);
 
 /* Software-pipelined row kernels (render_c_pipe.c): true when staged kernel k can run the
  * stages of consecutive rows in one loop, and the renderer of that loop. */

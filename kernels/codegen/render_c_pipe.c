@@ -66,6 +66,7 @@ typedef struct {
     int d;                    /* its index */
     int64_t rowlen;
     bool stream;              /* kir__streams */
+    bool pf[KIR_MAX_INPUTS];  /* kir__prefetches */
 } rp_t;
 
 /* The index expressions of the inputs in stage s: row bases b<n>_<s> plus the step along the
@@ -140,6 +141,13 @@ static void rp_loop(kir__buf_t *b, const rp_t *p, const char *indent) {
                 KIR_LANES);
     if (nt) /* the written values, stored around the caches below */
         kir__printf(b, "%s    float nt[%d] __attribute__((aligned(64)));\n", indent, KIR_LANES);
+    for (int n = 0; n < p->k->nin; n++) {
+        if (!p->pf[n])
+            continue;
+        int es = (int)proto_dtype_size(p->k->in[n].dtype), per = es < 64 ? 64 / es : 1;
+        for (int q = 0; q < KIR_LANES; q += per) /* one per cache line of the group */
+            kir__printf(b, "%s    __builtin_prefetch(&in%d[pf%d + g + %d]);\n", indent, n, n, q);
+    }
     /* unroll 1: gcc would unroll the lane loop and then fail to vectorize it */
     kir__printf(b, "%s    _Pragma(\"GCC unroll 1\")\n"
                    "%s    for (int l = 0; l < %d; l++) {\n"
@@ -181,12 +189,6 @@ static void rp_loop(kir__buf_t *b, const rp_t *p, const char *indent) {
 static void rp_stage_head(kir__buf_t *b, const rp_t *p, int s) {
     const kir_kernel_t *k = p->k;
     const kir_stage_t *st = &k->stage[s];
-    bool kept[PROTO_MAX_RANK], need[PROTO_MAX_RANK] = {false};
-    for (int a = 0; a < k->rank; a++)
-        kept[a] = !p->red[a];
-    for (int n = 0; n < k->nin; n++)
-        for (int a = 0; a < k->rank; a++)
-            need[a] |= kept[a] && k->in[n].strides[a] != 0;
     kir__printf(b, "        /* stage %d: %s, on row o%d */\n", s,
                 s < k->nstages - 1 ? kir__prim_name(st->reduce) : "write the row", s);
     if (s == 0)
@@ -194,20 +196,10 @@ static void rp_stage_head(kir__buf_t *b, const rp_t *p, int s) {
     else
         kir__printf(b, "        const int64_t o%d = r - %d < start ? start : r - %d < end ? r - %d : "
                        "end - 1;\n", s, s, s, s);
-    if (k->nin > 0) {
-        char lin[16], base[KIR__EXPR_MAX];
-        snprintf(lin, sizeof(lin), "o%d", s);
-        kir__printf(b, "        int64_t ");
-        for (int n = 0; n < k->nin; n++)
-            kir__printf(b, "%sb%d_%d", n ? ", " : "", n, s);
-        kir__printf(b, ";\n        {\n");
-        kir__unflatten(b, k, lin, kept, need, "            ");
-        for (int n = 0; n < k->nin; n++) {
-            kir__affine(base, sizeof(base), &k->in[n], NULL, kept, k->rank, k->shape);
-            kir__printf(b, "            b%d_%d = %s;\n", n, s, base);
-        }
-        kir__printf(b, "        }\n");
-    }
+    char row[16], names[16];
+    snprintf(row, sizeof(row), "o%d", s);
+    snprintf(names, sizeof(names), "b%%d_%d", s);
+    kir__row_bases(b, k, row, names, NULL, "        ");
     char idx[KIR_MAX_INPUTS][KIR__EXPR_MAX], e[4 * KIR__EXPR_MAX];
     rp_idx(p, s, idx);
     for (int j = rp_begin(k, s); j < st->end; j++) {
@@ -253,6 +245,14 @@ void kir__render_pipelined(kir__buf_t *b, const kir_kernel_t *k, const bool *var
     kir__printf(b, "    for (int64_t r = start; r < end + %d; r++) {\n", last);
     for (int s = 0; s <= last; s++)
         rp_stage_head(b, &p, s);
+    bool any_pf = false;
+    for (int n = 0; n < k->nin; n++)
+        any_pf |= p.pf[n] = kir__prefetches(k, n);
+    if (any_pf) {
+        kir__printf(b, "        /* the next row, asked for ahead (see Prefetch in render_c.c) */\n"
+                       "        const int64_t opf = r + 1 < end ? r + 1 : end - 1;\n");
+        kir__row_bases(b, k, "opf", "pf%d", p.pf, "        ");
+    }
     for (int s = 0; s < last; s++) {
         kir__printf(b, "        %s N%d; /* fold %d's result for row o%d */\n",
                     kir__ctype(k->stage[s].dtype), s, s, s);

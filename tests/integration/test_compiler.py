@@ -416,6 +416,20 @@ def test_row_kernels_bitwise(daemon_factory, tmp_path):
     src = layer_norm_source(1024, 1536)
     assert "vmovntps" in src and "Software-pipelined" in src  # render_c_pipe.c
     assert "__builtin_ia32_movntps256" in layer_norm_source(1024, 1032)  # row by row
+    # Row kernels ask for the next row ahead (render_c.c, "Prefetch"): per step of the pipelined
+    # loop, in one burst after the first stage row by row; not for rows over 64 KiB.
+    assert "__builtin_prefetch(&in0[pf0 + g + 0])" in src
+    assert "__builtin_prefetch(&in0[pf0 + q])" in layer_norm_source(64, 1032)
+    assert "__builtin_prefetch" in layer_norm_source(2, 16384)  # 64 KiB rows
+    assert "__builtin_prefetch" not in layer_norm_source(2, 16400)
+    # The weight and bias are the same row every time: only x's next row is asked for.
+    hx, hw = cj.put(np.zeros((64, 1024), np.float32)), cj.put(np.ones(1024, np.float32))
+    affine = str(cj.call("explain", nodes=[{"op": "input", "handle": hx},
+                                           {"op": "input", "handle": hw},
+                                           {"op": "layer_norm", "in": [0, 1, 1],
+                                            "normalized_shape": [1024]}],
+                         outputs=[{"node": 2, "keep": False}]))
+    assert "__builtin_prefetch(&in0[pf0" in affine and "pf1" not in affine
     # softmax over the last axis is one kernel: max, sum of exp, write.
     h = cj.put(rng.standard_normal((64, 100)).astype(np.float32))
     text = cj.call("explain", nodes=[{"op": "input", "handle": h},
