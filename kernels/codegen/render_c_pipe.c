@@ -25,7 +25,8 @@
  * of the range, and what they compute is never used. The last stage writes its stand-in, row
  * `start`, only in the first iterations, before row start's own write. That keeps one loop and
  * no branch, for S - 1 rows of extra work per call (a call covers a chunk of rows; see
- * kernels/ref/par.c). Only kernels whose row is the innermost axis, a multiple of KIR_LANES long
+ * kernels/ref/par.c). Each step of the loop also asks for the matching cache line of row r + 1
+ * (render_c.c, "Prefetch"), so that stage 0 does not wait for memory at every new row. Only kernels whose row is the innermost axis, a multiple of KIR_LANES long
  * and folded without blocks, with float folds, a written last stage and no transcendental or
  * division along the row take this form; the others are rendered row by row.
  */
