@@ -1104,9 +1104,34 @@ static void rc_loop_staged(kir__buf_t *b, const kir_kernel_t *k, const bool *var
  * =========================================================================================== */
 
 /* Helpers the generated code may call; identical in every kernel, so they do not affect names. */
+/* No system header: parsing <math.h> and <stdint.h> was ~8 % of a kernel's cold compile
+ * (median of 10 compiles of the softmax kernel, 124-140 against 133-159 ms). The fixed-width
+ * types come from the compiler's own macros (GCC and clang define them), the classification
+ * macros are builtins, and the libm functions kernels call are declared here. jit.c compiles
+ * with -Werror=implicit-function-declaration, so a function missing from this list fails the
+ * compile instead of being called with a guessed type. */
 static const char rc_prelude[] =
-    "#include <math.h>\n"
-    "#include <stdint.h>\n"
+    "typedef __INT8_TYPE__ int8_t;\n"
+    "typedef __INT16_TYPE__ int16_t;\n"
+    "typedef __INT32_TYPE__ int32_t;\n"
+    "typedef __INT64_TYPE__ int64_t;\n"
+    "typedef __UINT8_TYPE__ uint8_t;\n"
+    "typedef __UINT16_TYPE__ uint16_t;\n"
+    "typedef __UINT32_TYPE__ uint32_t;\n"
+    "typedef __UINT64_TYPE__ uint64_t;\n"
+    "#define INT32_MAX __INT32_MAX__\n"
+    "#define INT32_MIN (-__INT32_MAX__ - 1)\n"
+    "#define INT64_MAX __INT64_MAX__\n"
+    "#define INT64_MIN (-__INT64_MAX__ - 1)\n"
+    "#define INFINITY (__builtin_inff())\n"
+    "#define NAN (__builtin_nanf(\"\"))\n"
+    "#define isnan(x) __builtin_isnan(x)\n"
+    "#define isinf(x) __builtin_isinf(x)\n"
+    "#define isfinite(x) __builtin_isfinite(x)\n"
+    "double exp(double), log(double), sqrt(double), sin(double), cos(double), tanh(double);\n"
+    "double erf(double), erfc(double), pow(double, double), floor(double), ceil(double);\n"
+    "double fabs(double), round(double), trunc(double), rint(double);\n"
+    "float expf(float), logf(float), sqrtf(float), tanhf(float), fabsf(float), floorf(float);\n"
     "#if " KIR__NT_COND "\n"
     "typedef float pg_v8sf __attribute__((vector_size(32)));\n"
     "#endif\n"
