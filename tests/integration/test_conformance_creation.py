@@ -7,6 +7,8 @@ torch.tensor / torch.from_numpy for every dtype and rank 0 to 5 (strided numpy a
 moments over 10^5 samples and are reproducible under manual_seed.
 """
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -160,6 +162,26 @@ def test_item_tolist(conn, rng, dtype):
         want = a.transpose().tolist()
         assert got == want, (dtype, shape, got, want)
         assert _types(got) <= {pytype}, (dtype, shape, _types(got))
+
+
+def test_item_exact_values_and_realizes(conn):
+    """.item() of a pending one-element result gives numpy's exact value and type (NaN, -0.0,
+    a subnormal, the int32 and int64 extremes), and realizes the tensor: reading it again
+    runs nothing."""
+    cases = [(np.nan, "float32"), (-0.0, "float32"), (3.4028235e38, "float32"),
+             (5e-324, "float64"), (-0.0, "float64"), (-2**31, "int32"), (2**31 - 1, "int32"),
+             (-2**63, "int64"), (2**62 + 1, "int64"), (True, "bool"), (False, "bool")]
+    for v, dt in cases:
+        a = np.array([0, v], dtype=dt)
+        t = pg.from_numpy(a)[1:]  # a slice: pending until read
+        got, want = t.item(), a[1:].item()
+        assert type(got) is type(want), (dt, v, type(got))
+        assert got == want or (got != got and want != want), (dt, v, got)
+        if isinstance(want, float):
+            assert math.copysign(1.0, got) == math.copysign(1.0, want), (dt, v, got)
+        runs = conn.stats()["runs"]["count"]
+        assert t.item() == got or got != got
+        assert conn.stats()["runs"]["count"] == runs, "a second item() ran the graph again"
 
 
 def _types(x):
