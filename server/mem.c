@@ -8,6 +8,9 @@
 #include "mem.h"
 
 #include <pthread.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +21,6 @@ static _Atomic uint64_t budget_used;
 static _Atomic uint64_t budget_peak;
 static _Atomic uint64_t internal_live;
 
-void mem_init(uint64_t limit) { atomic_store(&budget_limit, limit); }
 
 bool mem_reserve(uint64_t n) {
     uint64_t limit = atomic_load(&budget_limit);
@@ -40,6 +42,23 @@ void mem_release(uint64_t n) { atomic_fetch_sub(&budget_used, n); }
  * the bytes through the socket. */
 #define HUGE_MIN (4u << 20)
 #define HUGE_PAGE (2u << 20)
+
+/* Freed blocks smaller than HUGE_MIN stay in malloc's heaps, up to this much per heap, instead
+ * of going back to the kernel (mem_init). */
+#define TRIM_BYTES (128u << 20)
+
+void mem_init(uint64_t limit) {
+    atomic_store(&budget_limit, limit);
+#ifdef __GLIBC__
+    /* A training step frees and allocates the same buffers of a few hundred KiB every run. With
+     * glibc's defaults (such blocks mapped on their own, the top of a heap given back once a
+     * little is free) each came back as fresh pages that the kernel faults in and zeroes: 440
+     * page faults per step of the CNN in tests/bench/train.py, most of the step on a host where
+     * a fault is costly. Blocks of HUGE_MIN and more have their own cache below. */
+    mallopt(M_MMAP_THRESHOLD, (int)HUGE_MIN);
+    mallopt(M_TRIM_THRESHOLD, (int)TRIM_BYTES);
+#endif
+}
 
 /* Freed large blocks kept for reuse. A training step or a benchmark loop allocates the same
  * sizes every run; a fresh block costs a page fault (and the kernel zeroing it) per page, which
