@@ -21,7 +21,6 @@ static _Atomic uint64_t budget_used;
 static _Atomic uint64_t budget_peak;
 static _Atomic uint64_t internal_live;
 
-
 bool mem_reserve(uint64_t n) {
     uint64_t limit = atomic_load(&budget_limit);
     uint64_t cur = atomic_load(&budget_used);
