@@ -1601,8 +1601,8 @@ def _run_one(t, fetch):
     ``fetch``, its data too (.numpy(), or with fetch "item" the one value as a Python number),
     and no assign queued. It sends the same run as the general path with a fraction of the
     bookkeeping, which matters because a run's round trip starts with the client's caches cold
-    more often than not. Returns _execute's result,
-    or None, having sent nothing, when the case does not apply.
+    more often than not. Returns _execute's result, or None, having sent nothing, when the case
+    does not apply.
     """
     _need_tensor("realize", t)
     c = t._buf.conn if t._buf is not None else t._conn
