@@ -487,7 +487,8 @@ char *plan_explain_text(const plan_t *p, const graph_t *g, bool cuda) {
     sb_printf(&b, "== lowered graph: %d primitive nodes ==\n", (int)g->n);
     sb_printf(&b, "Each request node becomes one or more primitives (kernels/ops.def). %%i names\n"
                   "primitive i; 'from' is the request node it came from; 'step' is where it runs\n"
-                  "('-' means no output needs it, or it was folded into kernels as a constant).\n");
+                  "('-' means no output needs it, or kernels read it folded: a constant, or a\n"
+                  "view composed into their loads).\n");
     for (int32_t i = 0; i < g->n; i++) {
         const gnode_t *n = &g->nodes[i];
         char ins[96];

@@ -561,55 +561,57 @@ static int d_prod(adctx_t *c, int32_t i, int32_t g) {
 }
 
 /* mask (bool, x's shape) reduced to its first true element per reduced group, in C order over
- * the reduced axes: a running count along them is 1 exactly there. Several axes are moved to
- * the end and flattened into one for the count. */
+ * the reduced axes (taken in a.dims order): the element whose position in its group is the
+ * least position where the mask holds.
+ *
+ *   pos  = the position of each element in its group: arange(L) reshaped over the reduced axes,
+ *          expanded over the others (L = the group's size)
+ *   f    = min(where(mask, pos, L)) over the reduced axes: the first true position, L if none
+ *   mask & (pos == f)
+ *
+ * Every step is elementwise or a reduction broadcast back, so the fusion pass makes one row
+ * kernel of it (a max_pool2d's backward: the 2x2 windows are the rows). A running count
+ * (cumsum, == 1) gives the same mask, but the scan runs in the interpreter and needs the
+ * reduced axes moved last and flattened, which costs two copies. */
 static int32_t first_of(adctx_t *c, int32_t i, int32_t mask) {
     const gattr_t a = N(i)->a;
-    shp_t xs = shp(c, mask);
-    int32_t f, one;
+    shp_t xs = shp(c, mask), ts = {.dt = PG_INT32, .rank = xs.rank}, ps;
+    int64_t perm[PROTO_MAX_RANK], L = 1;
+    int32_t pos, none, f, eq;
     if (a.ndims == 0)
         return mask;
-    TRY(f = cast_to(c, mask, N(N(i)->in[0])->dtype));
-    if (a.ndims == 1) {
-        gattr_t s = {.ndims = 1, .dims = {a.dims[0]}};
-        TRY(f = emit(c, PRIM_cumsum, &f, 1, &s, NULL));
-    } else {
-        int64_t perm[PROTO_MAX_RANK], inv[PROTO_MAX_RANK];
-        bool red[PROTO_MAX_RANK] = {false};
-        shp_t ps = {.dt = N(f)->dtype}, fs = {.dt = N(f)->dtype};
-        int k = 0;
-        for (int d = 0; d < a.ndims; d++)
-            red[a.dims[d]] = true;
-        for (int d = 0; d < xs.rank; d++)
-            if (!red[d])
-                perm[k++] = d;
-        for (int d = 0; d < a.ndims; d++)
-            perm[k++] = a.dims[d];
-        int64_t r = 1;
-        for (int d = 0; d < xs.rank; d++) {
-            inv[perm[d]] = d;
-            ps.d[d] = xs.d[perm[d]];
-            if (d < xs.rank - a.ndims)
-                fs.d[fs.rank++] = ps.d[d];
-            else
-                r *= ps.d[d];
-        }
-        ps.rank = xs.rank;
-        fs.d[fs.rank++] = r;
-        gattr_t s = {.ndims = 1, .dims = {fs.rank - 1}};
-        TRY(f = permute_by(c, f, xs.rank, perm));
-        TRY(f = reshape_to(c, f, &fs));
-        TRY(f = emit(c, PRIM_cumsum, &f, 1, &s, NULL));
-        TRY(f = reshape_to(c, f, &ps));
-        TRY(f = permute_by(c, f, xs.rank, inv));
+    /* ts: the reduced sizes first (in a.dims order, C order over them), then ones; perm puts
+     * each axis back where x has it. */
+    bool red[PROTO_MAX_RANK] = {false};
+    for (int k = 0; k < a.ndims; k++) {
+        red[a.dims[k]] = true;
+        perm[a.dims[k]] = k;
+        ts.d[k] = xs.d[a.dims[k]];
+        L *= xs.d[a.dims[k]];
     }
-    TRY(one = cst(c, 1.0, f));
-    TRY(f = op2(c, PRIM_eq, f, one));
-    return op2(c, PRIM_logical_and, mask, f);
+    for (int d = 0, k = a.ndims; d < xs.rank; d++)
+        if (!red[d]) {
+            perm[d] = k;
+            ts.d[k++] = 1;
+        }
+    gattr_t ar = {.astart = 0.0, .astep = 1.0};
+    shp_t ls = {.dt = PG_INT32, .rank = 1, .d = {L}};
+    TRY(pos = emit(c, PRIM_arange, NULL, 0, &ar, &ls));
+    TRY(pos = reshape_to(c, pos, &ts));
+    TRY(pos = permute_by(c, pos, xs.rank, perm));
+    ps = shp(c, pos);
+    ps.dt = PG_INT32;
+    for (int d = 0; d < xs.rank; d++)
+        ps.d[d] = xs.d[d];
+    TRY(pos = expand_to(c, pos, &ps));
+    TRY(none = cst(c, (double)L, pos));
+    TRY(f = sel(c, mask, pos, none));
+    TRY(f = reduce_keep(c, PRIM_min, f, a.dims, a.ndims));
+    TRY(f = expand_to(c, f, &ps));
+    TRY(eq = op2(c, PRIM_eq, pos, f));
+    return op2(c, PRIM_logical_and, mask, eq);
 }
 
-/* max and min: to the elements equal to the result; `first`: only the first of them, else
- * split evenly among them. */
 static int d_max(adctx_t *c, int32_t i, int32_t g) {
     const gattr_t a = N(i)->a;
     int32_t x = N(i)->in[0], o, m, gk, z, t;

@@ -12,8 +12,10 @@
  *     except its result is used only inside the group; a node that is also used elsewhere (or
  *     is a run output) ends the group there and becomes the result of a step of its own.
  *   - an INTERP step: one node for the reference interpreter (leaves, matmul, cat, pad, gather,
- *     index_select, argmax/argmin, cumsum, window, a reshape of a non-contiguous view, a view no
- *     kernel absorbed).
+ *     index_select, argmax/argmin, cumsum, window, a reshape of a non-contiguous view, a view
+ *     that something other than a kernel reads). A view that several kernels read is no
+ *     member of any of them, but each composes it into its own loads (vstate_outside), so it
+ *     costs no copy and, when nothing else reads it, no step.
  *   - a KERNEL step for a reduction of anything else (a step's result, possibly through views):
  *     its iteration space is the reduction input's shape and its one value is a load of that
  *     input through the composed views, folded exactly as the interpreter folds it (the
@@ -235,6 +237,32 @@ static bool vstate_contiguous(const vstate_t *v) {
     return true;
 }
 
+/* Where a node outside the group reads from. A buffer or constant reads itself. A view that no
+ * group took, because several kernels read it (a gradient reads one index tensor in two
+ * kernels, say), is composed down to the buffer under it, as each kernel would compose it as a
+ * member: its elements then cost no copy, and the view needs no step unless something still
+ * reads it as a buffer. A view that cannot be composed (a reshape of a strided view), or the
+ * VIEW_CHAIN_MAX-th of a chain, is read as a buffer, and the views above it compose on it. */
+#define VIEW_CHAIN_MAX 32
+
+static bool apply_view(const gnode_t *m, const vstate_t *x, vstate_t *v);
+
+static void vstate_outside(const fctx_t *c, int32_t j, vstate_t *v) {
+    int32_t chain[VIEW_CHAIN_MAX];
+    int nc = 0;
+    int32_t b = j;
+    while (nc < VIEW_CHAIN_MAX && c->group[b] == -1 && fusible_view(c->g->nodes[b].op)) {
+        chain[nc++] = b;
+        b = c->g->nodes[b].in[0];
+    }
+    vstate_of_node(c, b, v);
+    for (int q = nc - 1; q >= 0; q--) {
+        vstate_t x = *v;
+        if (!apply_view(&c->g->nodes[chain[q]], &x, v))
+            vstate_of_node(c, chain[q], v); /* read as a buffer; the views above it compose */
+    }
+}
+
 /* Applies view node m (input state *x) into *v. Returns false when it cannot be composed (a
  * reshape of a non-contiguous view) or the node breaks the builder's contract. */
 static bool apply_view(const gnode_t *m, const vstate_t *x, vstate_t *v) {
@@ -407,7 +435,7 @@ static int compose(fctx_t *c, int32_t root, kir_kernel_t *k, int32_t *kin_node, 
             if (c->group[x] == root)
                 xs = vst[x];
             else
-                vstate_of_node(c, x, &xs);
+                vstate_outside(c, x, &xs);
             if (!apply_view(n, &xs, &vst[m])) {
                 if (n->op != PRIM_reshape)
                     return COMPOSE_GIVE_UP;
@@ -431,7 +459,7 @@ static int compose(fctx_t *c, int32_t root, kir_kernel_t *k, int32_t *kin_node, 
             if (c->group[j] == root)
                 js = vst[j];
             else
-                vstate_of_node(c, j, &js);
+                vstate_outside(c, j, &js);
             if (js.rank != k->rank || memcmp(js.shape, k->shape, (size_t)k->rank * 8) != 0)
                 return COMPOSE_GIVE_UP;
             int v = operand_val(c, k, kin_node, &js, jn->dtype);
@@ -453,7 +481,7 @@ static int compose(fctx_t *c, int32_t root, kir_kernel_t *k, int32_t *kin_node, 
         if (c->group[result] == root)
             rs = vst[result];
         else
-            vstate_of_node(c, result, &rs);
+            vstate_outside(c, result, &rs);
         if (rs.is_const || rs.rank != k->rank ||
             memcmp(rs.shape, k->shape, (size_t)k->rank * 8) != 0)
             return COMPOSE_GIVE_UP;
@@ -660,34 +688,38 @@ int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, 
         goto out;
 
     /* Steps in index order: a kernel at its root, an interpreter step for every other needed
-     * node that no kernel computes inside. A constant that kernels absorbed needs no step unless
-     * something reads it as a buffer, which is only known once the other steps are: so first
-     * mark what every non-constant step reads. */
+     * node that no kernel computes inside, except the constants and views that kernels absorbed
+     * and nothing else reads. */
     int32_t nsteps = 0;
     for (int32_t i = 0; i < n; i++)
         val[i] = 0;
     for (int32_t i = 0; i < n; i++)
         if (c.group[i] >= 0)
             val[c.group[i]]++;
-    for (int32_t i = 0; i < n; i++) {
+    /* From the outputs down, so that every reader of a node has been decided before it: an
+     * absorbed constant, or a view that kernels composed through (vstate_outside), gets a step
+     * only as an output or as another step's buffer. step_of marks here, numbers below. */
+    for (int32_t i = n - 1; i >= 0; i--) {
         step_of[i] = -1;
         last[i] = -1;
-        if (!c.needed[i])
+        if (!c.needed[i] || (c.group[i] != -1 && !kern[i]))
             continue;
+        const gnode_t *in = &g->nodes[i];
+        bool elidable = fuse_full_inlined(in) || graph_prim_kind(in->op) == PK_VIEW;
+        if (fuse && !kern[i] && elidable && !c.is_out[i] && !buf_read[i])
+            continue;
+        step_of[i] = 1;
         if (kern[i]) {
             for (int q = 0; q < kern[i]->nin; q++)
                 buf_read[kin[i][q]] = true;
-        } else if (c.group[i] == -1) {
-            for (int32_t s = 0; s < g->nodes[i].nin; s++)
-                buf_read[g->nodes[i].in[s]] = true;
+        } else {
+            for (int32_t s = 0; s < in->nin; s++)
+                buf_read[in->in[s]] = true;
         }
     }
-    for (int32_t i = 0; i < n; i++) {
-        if (!c.needed[i] || (c.group[i] != -1 && !kern[i]))
-            continue;
-        if (!fuse || !fuse_full_inlined(&g->nodes[i]) || c.is_out[i] || buf_read[i])
+    for (int32_t i = 0; i < n; i++)
+        if (step_of[i] >= 0)
             step_of[i] = nsteps++;
-    }
     fp->steps = pg_calloc_array(nsteps ? (size_t)nsteps : 1, sizeof(fuse_step_t));
     if (!fp->steps) {
         rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to plan %d steps", (int)nsteps);

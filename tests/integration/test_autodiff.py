@@ -344,6 +344,15 @@ def test_ties_like_torch(conn, name, fn):
         np.testing.assert_allclose(g.numpy(), tg.numpy(), rtol=1e-6, atol=1e-6, err_msg=name)
 
 
+def test_first_max_gradient_is_elementwise(conn):
+    """The first-maximum mask of max_pool2d's gradient is a min of positions broadcast back
+    (autodiff.c, first_of): no scan, and no copy of the windows to put them last."""
+    x = pg.tensor(np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32))
+    y = F(pg).max_pool2d(x, 2)
+    (g,) = pg.autograd.grad(y, x, pg.ones(*y.shape))
+    text = pg.explain(g)
+    assert "cumsum" not in text and " min " in text, text
+
 @pytest.mark.parametrize("zeros", [1, 2])
 def test_prod_with_zeros(conn, zeros):
     """prod's gradient is exact with zeros: with one zero, the product of the others lands on

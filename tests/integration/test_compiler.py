@@ -587,6 +587,54 @@ def test_reductions_of_buffers_and_views_bitwise(daemon_factory, tmp_path):
             assert a.tobytes() == b.tobytes(), what
 
 
+
+def test_shared_views_fold_into_every_kernel(daemon_factory, tmp_path):
+    """A view that two kernels read (a row vector expanded over a matrix, a transpose) is
+    composed into each kernel's loads: no step materializes it, the kernels read the buffer
+    under it (stride 0 along the expanded axis), and the results are the interpreter's, bit for
+    bit. A view that an interpreted step also reads (a matmul operand) keeps its step."""
+    jit = jit_daemon(daemon_factory, tmp_path)
+    ref = daemon_factory(extra_args=["--jit", "off"], name="ref")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((48, 40)).astype(np.float32)
+    v = rng.standard_normal(40).astype(np.float32)
+    nodes = [{"op": "input"}, {"op": "input"},                               # 0 x, 1 v
+             {"op": "reshape", "in": [1], "shape": [1, 40]},                 # 2
+             {"op": "expand", "in": [2], "shape": [48, 40]},                 # 3: read twice
+             {"op": "mul", "in": [0, 3]}, {"op": "sum", "in": [4], "dims": [1]},       # 4, 5
+             {"op": "add", "in": [0, 3]}, {"op": "exp", "in": [6]},                    # 6, 7
+             {"op": "max", "in": [7], "dims": [0]},                                    # 8
+             {"op": "permute", "in": [0], "dims": [1, 0]},                   # 9: read twice
+             {"op": "relu", "in": [9]}, {"op": "neg", "in": [9]},                      # 10, 11
+             {"op": "sum", "in": [11], "dims": [0]},                                   # 12
+             {"op": "matmul", "in": [9, 0]}]                                 # 13: 9 as a buffer
+    outs = [5, 8, 10, 12]
+    results = []
+    for d in (jit, ref):
+        c = picograd.connect(d.unix_url)
+        ns = [dict(n) for n in nodes]
+        ns[0]["handle"], ns[1]["handle"] = c.put(x), c.put(v)
+        outputs = [{"node": o, "keep": False} for o in outs]
+        results.append([decode(o) for o in c.call("run", nodes=ns, outputs=outputs)["outputs"]])
+        if d is jit:
+            ex = c.call("explain", nodes=ns, outputs=outputs)
+            steps = {g["output"]: g for g in ex["groups"]}
+            assert 2 not in steps and 3 not in steps, ex["text"]  # folded, no step
+            readers = [g for g in ex["groups"] if g["kind"] == "kernel" and 1 in g["inputs"]]
+            assert len(readers) == 2, ex["text"]  # both kernels read v itself
+            assert "strides [0, 1]" in ex["text"], ex["text"]
+            with_mm = [{"node": o, "keep": False} for o in outs + [13]]
+            ex = c.call("explain", nodes=ns, outputs=with_mm)
+            assert 9 in {g["output"] for g in ex["groups"]}, ex["text"]
+            assert not any(9 in g["inputs"] for g in ex["groups"] if g["kind"] == "kernel")
+        c.close()
+    for k, (a, b) in enumerate(zip(*results)):
+        assert a.dtype == b.dtype and a.shape == b.shape, outs[k]
+        assert a.tobytes() == b.tobytes(), outs[k]
+    np.testing.assert_allclose(results[0][0], (x * v).sum(1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[0][3], -x.T.sum(0), rtol=1e-5, atol=1e-5)
+    assert_all_compiled(jit)
+
 def simple_graph(h):
     return [{"op": "input", "handle": h}, {"op": "exp", "in": [0]},
             {"op": "const", "value": 2}, {"op": "mul", "in": [1, 2]},
