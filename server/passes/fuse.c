@@ -6,16 +6,17 @@
  * the nodes that the outputs need into *steps*, in execution order:
  *
  *   - a KERNEL step: a maximal group of elementwise nodes (unary incl. cast, binary, where), the
- *     view nodes between them and their input buffers (permute, expand, slice, flip, and reshape
- *     while the view is still contiguous), and optionally one trailing reduction (sum, prod, max,
- *     min, any, all) that is the only consumer of the group's result. Every node of the group
- *     except its result is used only inside the group; a node that is also used elsewhere (or
- *     is a run output) ends the group there and becomes the result of a step of its own.
+ *     view nodes between them and their input buffers (permute, expand, slice, flip, window,
+ *     and reshape while the view is still contiguous), and optionally one trailing reduction
+ *     (sum, prod, max, min, any, all) that is the only consumer of the group's result. Every
+ *     node of the group except its result is used only inside the group; a node that is also
+ *     used elsewhere (or is a run output) ends the group there and becomes the result of a step
+ *     of its own.
  *   - an INTERP step: one node for the reference interpreter (leaves, matmul, cat, pad, gather,
- *     index_select, argmax/argmin, cumsum, window, a reshape of a non-contiguous view, a view
- *     that something other than a kernel reads). A view that several kernels read is no
- *     member of any of them, but each composes it into its own loads (vstate_outside), so it
- *     costs no copy and, when nothing else reads it, no step.
+ *     index_select, argmax/argmin, cumsum, a reshape of a non-contiguous view, a view that
+ *     something other than a kernel reads). A view that several kernels read is no member of
+ *     any of them, but each composes it into its own loads (vstate_outside), so it costs no
+ *     copy and, when nothing else reads it, no step.
  *   - a KERNEL step for a reduction of anything else (a step's result, possibly through views):
  *     its iteration space is the reduction input's shape and its one value is a load of that
  *     input through the composed views, folded exactly as the interpreter folds it (the
@@ -71,11 +72,12 @@ bool fuse_is_elementwise(prim_t op) {
     return k == PK_UNARY || k == PK_BINARY || k == PK_WHERE;
 }
 
-/* Views a kernel composes into its loads (window is a view too, but its index is not one
- * affine map per iteration axis of the node, so the interpreter keeps it). */
+/* Views a kernel composes into its loads: each is an affine map from the view's index to its
+ * input's (apply_view). A window's two axes per spatial axis (output and kernel position) both
+ * step along that input axis, so it is one too. */
 static bool fusible_view(prim_t op) {
     return op == PRIM_permute || op == PRIM_expand || op == PRIM_slice || op == PRIM_flip ||
-           op == PRIM_reshape;
+           op == PRIM_reshape || op == PRIM_window;
 }
 
 static bool fusible_reduce(prim_t op) {
@@ -323,6 +325,28 @@ static bool apply_view(const gnode_t *m, const vstate_t *x, vstate_t *v) {
             }
         }
         return true;
+    case PRIM_window: {
+        /* [N, C, H, W] -> [N, C, OH, OW, KH, KW] (a.win = kh, kw, sh, sw, dh, dw), with the
+         * interpreter's checks (kernels/ref/view.c): a window that reaches outside its input
+         * stays with the interpreter, which reports it. */
+        const int64_t *w = a->win;
+        if (x->rank != 4 || m->rank != 6 || m->shape[0] != x->shape[0] ||
+            m->shape[1] != x->shape[1] || w[2] < 1 || w[3] < 1 || w[4] < 1 || w[5] < 1)
+            return false;
+        for (int d = 0; d < 6; d++)
+            if (m->shape[d] < 1)
+                return false;
+        if ((m->shape[2] - 1) * w[2] + (m->shape[4] - 1) * w[4] >= x->shape[2] ||
+            (m->shape[3] - 1) * w[3] + (m->shape[5] - 1) * w[5] >= x->shape[3])
+            return false;
+        v->strides[0] = x->strides[0];
+        v->strides[1] = x->strides[1];
+        v->strides[2] = x->strides[2] * w[2];
+        v->strides[3] = x->strides[3] * w[3];
+        v->strides[4] = x->strides[2] * w[4];
+        v->strides[5] = x->strides[3] * w[5];
+        return true;
+    }
     case PRIM_reshape: {
         if (!x->is_const && !vstate_contiguous(x))
             return false;

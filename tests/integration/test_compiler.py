@@ -635,6 +635,49 @@ def test_shared_views_fold_into_every_kernel(daemon_factory, tmp_path):
     np.testing.assert_allclose(results[0][3], -x.T.sum(0), rtol=1e-5, atol=1e-5)
     assert_all_compiled(jit)
 
+
+def test_windows_fold_into_kernels(daemon_factory, tmp_path):
+    """A pooling window (max_pool2d, avg_pool2d; strided, overlapping, dilated, padded) is a view
+    the kernels compose into their loads: no step copies the windows out, the forward and the
+    backward (the gradient's first-maximum mask) read the pooled tensor itself, and every value
+    is the interpreter's, bit for bit."""
+    jit = jit_daemon(daemon_factory, tmp_path)
+    ref = daemon_factory(extra_args=["--jit", "off"], name="ref")
+    rng = np.random.default_rng(13)
+    x = rng.integers(-3, 4, (2, 3, 9, 10)).astype(np.float32)  # ties in many windows
+    pools = [("max_pool2d", {"kernel_size": [2, 2]}),
+             ("max_pool2d", {"kernel_size": [3, 3], "stride": [2, 1], "padding": [1, 1]}),
+             ("max_pool2d", {"kernel_size": [2, 3], "stride": [1, 2], "dilation": [2, 1]}),
+             ("avg_pool2d", {"kernel_size": [3, 2], "stride": [2, 2]})]
+    for op, attrs in pools:
+        nodes = [{"op": "input"}, {"op": op, "in": [0], **attrs},
+                 {"op": "input"}, {"op": "mul", "in": [1, 2]},
+                 {"op": "sum", "in": [3], "dims": [0, 1, 2, 3]},
+                 {"op": "grad", "in": [4, 0]}]
+        results = []
+        for d in (jit, ref):
+            c = picograd.connect(d.unix_url)
+            shape = c.call("run", nodes=[{"op": "input", "handle": c.put(x)},
+                                         {"op": op, "in": [0], **attrs}],
+                           outputs=[{"node": 1, "keep": False}])["outputs"][0]["shape"]
+            gy = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+            ns = [dict(n) for n in nodes]
+            ns[0]["handle"], ns[2]["handle"] = c.put(x), c.put(gy)
+            outputs = [{"node": 1, "keep": False}, {"node": 5, "keep": False}]
+            results.append([decode(o) for o in c.call("run", nodes=ns,
+                                                      outputs=outputs)["outputs"]])
+            if d is jit:
+                ex = c.call("explain", nodes=ns, outputs=outputs)
+                windows = [n["index"] for n in ex["graph"] if n["op"] == "window"]
+                assert windows, ex["text"]
+                steps = {g["output"] for g in ex["groups"]}
+                assert not steps & set(windows), f"{op} {attrs}: a window has a step\n" + ex["text"]
+            c.close()
+        for k, (a, b) in enumerate(zip(*results)):
+            assert a.dtype == b.dtype and a.shape == b.shape, (op, attrs, k)
+            assert a.tobytes() == b.tobytes(), (op, attrs, k)
+    assert_all_compiled(jit)
+
 def simple_graph(h):
     return [{"op": "input", "handle": h}, {"op": "exp", "in": [0]},
             {"op": "const", "value": 2}, {"op": "mul", "in": [1, 2]},
