@@ -13,10 +13,12 @@
  *     used elsewhere (or is a run output) ends the group there and becomes the result of a step
  *     of its own.
  *   - an INTERP step: one node for the reference interpreter (leaves, matmul, cat, pad, gather,
- *     index_select, argmax/argmin, cumsum, a reshape of a non-contiguous view, a view that
- *     something other than a kernel reads). A view that several kernels read is no member of
- *     any of them, but each composes it into its own loads (vstate_outside), so it costs no
- *     copy and, when nothing else reads it, no step.
+ *     index_select, argmax/argmin, cumsum, unwindow, a view that something other than a kernel
+ *     reads). A view that several kernels read is no member of any of them, but each
+ *     composes it into its own loads (vstate_outside), so it costs no copy and, when nothing
+ *     else reads it, no step.
+ *   - a KERNEL step for a reshape of a strided view (an im2col), which copies: one load
+ *     through the composed views, written in C order (compose_copy).
  *   - a KERNEL step for a reduction of anything else (a step's result, possibly through views):
  *     its iteration space is the reduction input's shape and its one value is a load of that
  *     input through the composed views, folded exactly as the interpreter folds it (the
@@ -527,6 +529,34 @@ static int compose(fctx_t *c, int32_t root, kir_kernel_t *k, int32_t *kin_node, 
     return COMPOSE_OK;
 }
 
+/* A reshape of a strided view (an im2col: the windows of a padded image, permuted; the
+ * gradient of a pooling, put back in image order) is a copy. The interpreter makes it one run
+ * of the last axis at a time; as a kernel it is a loop over the view's shape with one load, its
+ * strides baked in, writing the reshape's buffer in C order. Returns COMPOSE_OK with k built, or
+ * COMPOSE_GIVE_UP when the reshape copies nothing (a contiguous or constant input) or its load
+ * cannot be formed. */
+static int compose_copy(const fctx_t *c, int32_t r, kir_kernel_t *k, int32_t *kin_node) {
+    const gnode_t *rn = &c->g->nodes[r];
+    vstate_t vs;
+    vstate_outside(c, rn->in[0], &vs);
+    if (vs.is_const || vstate_contiguous(&vs))
+        return COMPOSE_GIVE_UP;
+    memset(k, 0, sizeof(*k));
+    k->rank = vs.rank;
+    for (int d = 0; d < vs.rank; d++)
+        k->shape[d] = vs.shape[d];
+    k->reduce = PRIM_COUNT;
+    k->out_dtype = rn->dtype;
+    if (kir_out_numel(k) != rn->numel || operand_val(c, k, kin_node, &vs, rn->dtype) != 0 ||
+        !input_in_bounds(k, &k->in[0], c->g->nodes[kin_node[0]].numel))
+        return COMPOSE_GIVE_UP;
+    k->nstages = 1;
+    k->stage[0].reduce = PRIM_COUNT;
+    k->stage[0].end = k->nvals;
+    k->stage[0].dtype = k->out_dtype;
+    return COMPOSE_OK;
+}
+
 /* =============================================================================================
  * The pass
  * =========================================================================================== */
@@ -702,6 +732,23 @@ int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, 
             } else {
                 break; /* the root runs in the interpreter */
             }
+        }
+    }
+
+    /* Copies: a reshape that no group took and that would copy (compose_copy). */
+    for (int32_t r = 0; fuse && r < n; r++) {
+        const gnode_t *rn = &g->nodes[r];
+        if (!c.needed[r] || c.group[r] != -1 || rn->op != PRIM_reshape ||
+            (rn->numel < fuse_min_work && !every_loop))
+            continue;
+        if (compose_copy(&c, r, k, kin[r]) != COMPOSE_OK)
+            continue;
+        kern[r] = k;
+        c.group[r] = r;
+        k = pg_malloc(sizeof(*k));
+        if (!k) {
+            rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory to plan %d nodes", (int)n);
+            goto out;
         }
     }
 

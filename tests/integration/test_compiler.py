@@ -678,6 +678,54 @@ def test_windows_fold_into_kernels(daemon_factory, tmp_path):
             assert a.tobytes() == b.tobytes(), (op, attrs, k)
     assert_all_compiled(jit)
 
+
+def test_strided_reshapes_copy_in_kernels(daemon_factory, tmp_path):
+    """A reshape of a strided view copies. conv2d's im2col (the windows of the padded image,
+    permuted, flattened) and the reshapes of its gradient run as copy kernels (fuse.c,
+    compose_copy), one load with the view's strides baked in, and give the interpreter's bytes;
+    a reshape of a contiguous view stays a view (no step copies it)."""
+    jit = jit_daemon(daemon_factory, tmp_path)
+    ref = daemon_factory(extra_args=["--jit", "off"], name="ref")
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((4, 3, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    nodes = [{"op": "input"}, {"op": "input"},
+             {"op": "conv2d", "in": [0, 1], "stride": [2, 1], "padding": [1, 1]},   # 2
+             {"op": "input"}, {"op": "mul", "in": [2, 3]},
+             {"op": "sum", "in": [4], "dims": [0, 1, 2, 3]},                          # 5
+             {"op": "grad", "in": [5, 0]}, {"op": "grad", "in": [5, 1]},              # 6, 7
+             {"op": "reshape", "in": [0], "shape": [12, 72]}]                         # 8
+    outs = [2, 6, 7, 8]
+    results = []
+    for d in (jit, ref):
+        c = picograd.connect(d.unix_url)
+        ns = [dict(n) for n in nodes]
+        shape = c.call("run", nodes=[{"op": "input", "handle": c.put(x)},
+                                     {"op": "input", "handle": c.put(w)},
+                                     {"op": "conv2d", "in": [0, 1], "stride": [2, 1],
+                                      "padding": [1, 1]}],
+                       outputs=[{"node": 2, "keep": False}])["outputs"][0]["shape"]
+        gy = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+        ns[0]["handle"], ns[1]["handle"], ns[3]["handle"] = c.put(x), c.put(w), c.put(gy)
+        outputs = [{"node": o, "keep": False} for o in outs]
+        results.append([decode(o) for o in c.call("run", nodes=ns, outputs=outputs)["outputs"]])
+        if d is jit:
+            ex = c.call("explain", nodes=ns, outputs=outputs)
+            ops = {n["index"]: n["op"] for n in ex["graph"]}
+            copies = [g for g in ex["groups"] if g["kind"] == "kernel" and
+                      [ops[m] for m in g["nodes"]] == ["reshape"]]
+            assert copies, ex["text"]  # at least the im2col
+            views = {"permute", "window", "slice", "expand", "flip", "reshape"}
+            interp = [g for g in ex["groups"] if g["kind"] == "interp"]
+            assert not [g for g in interp if ops[g["output"]] == "reshape"  # of a strided view
+                        and any(ops[i] in views for i in g["inputs"])], ex["text"]
+        c.close()
+    for k, (a, b) in enumerate(zip(*results)):
+        assert a.dtype == b.dtype and a.shape == b.shape, outs[k]
+        assert a.tobytes() == b.tobytes(), outs[k]
+    np.testing.assert_array_equal(results[0][3], x.reshape(12, 72))
+    assert_all_compiled(jit)
+
 def simple_graph(h):
     return [{"op": "input", "handle": h}, {"op": "exp", "in": [0]},
             {"op": "const", "value": 2}, {"op": "mul", "in": [1, 2]},
