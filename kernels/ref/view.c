@@ -328,26 +328,12 @@ int ref__view(const graph_t *g, int32_t i, const ref_view_t *vals, ref_view_t *o
             }
         }
         break;
-    case PRIM_window: {
-        /* Output [N, C, OH, OW, KH, KW]: moving one output row steps sh input rows, moving one
-         * kernel row steps dh input rows. */
-        const int64_t *w = a->win;
+    case PRIM_window: /* [N, C, H, W] -> [N, C, OH, OW, KH, KW], strides only */
         if (x->rank != 4 || n->rank != 6)
             return ref__bad_node(g, i, "window needs [N, C, H, W]", err);
-        if (n->numel > 0 &&
-            (w[2] < 1 || w[3] < 1 || w[4] < 1 || w[5] < 1 ||
-             (n->shape[2] - 1) * w[2] + (n->shape[4] - 1) * w[4] >= x->shape[2] ||
-             (n->shape[3] - 1) * w[3] + (n->shape[5] - 1) * w[5] >= x->shape[3] ||
-             n->shape[0] != x->shape[0] || n->shape[1] != x->shape[1]))
+        if (!graph_window_strides(n, x->shape, x->rank, x->strides, out->strides))
             return ref__bad_node(g, i, "window reaches outside its input", err);
-        out->strides[0] = x->strides[0];
-        out->strides[1] = x->strides[1];
-        out->strides[2] = x->strides[2] * w[2];
-        out->strides[3] = x->strides[3] * w[3];
-        out->strides[4] = x->strides[2] * w[4];
-        out->strides[5] = x->strides[3] * w[5];
         break;
-    }
     default:
         return ref__bad_node(g, i, "not a view primitive", err);
     }

@@ -46,6 +46,25 @@ void graph_free(graph_t *g) {
     g->n = g->cap = 0;
 }
 
+bool graph_window_strides(const gnode_t *n, const int64_t *xshape, int xrank,
+                          const int64_t *xstrides, int64_t *out) {
+    const int64_t *w = n->a.win;
+    if (n->op != PRIM_window || xrank != 4 || n->rank != 6 || n->shape[0] != xshape[0] ||
+        n->shape[1] != xshape[1] || w[2] < 1 || w[3] < 1 || w[4] < 1 || w[5] < 1)
+        return false;
+    for (int d = 0; d < 2; d++) /* the last window's last element, along H and W */
+        if (n->numel > 0 &&
+            (n->shape[2 + d] - 1) * w[2 + d] + (n->shape[4 + d] - 1) * w[4 + d] >= xshape[2 + d])
+            return false;
+    out[0] = xstrides[0];
+    out[1] = xstrides[1];
+    out[2] = xstrides[2] * w[2];
+    out[3] = xstrides[3] * w[3];
+    out[4] = xstrides[2] * w[4];
+    out[5] = xstrides[3] * w[5];
+    return true;
+}
+
 const char *graph_shape_str(char *buf, size_t cap, int rank, const int64_t *shape) {
     size_t n = (size_t)snprintf(buf, cap, "[");
     for (int i = 0; i < rank && n < cap; i++)

@@ -99,5 +99,12 @@ int32_t graph_add(graph_t *g, prim_t op, const int32_t *in, int32_t nin, const g
 
 /* Formats a node's shape as "[2, 3]" into buf. */
 const char *graph_shape_str(char *buf, size_t cap, int rank, const int64_t *shape);
+/* The strides of window node n (a.win: kh, kw, sh, sw, dh, dw) over an input [N, C, H, W] of
+ * the given shape and strides, into out[6]: one output row steps sh input rows, one kernel row
+ * dh. A window is affine, so the interpreter makes it a view and kernels compose it into their
+ * loads. Returns false, writing nothing, when n is no window of a 4-D input or its windows reach
+ * outside the input (a node graph_add did not check). */
+bool graph_window_strides(const gnode_t *n, const int64_t *xshape, int xrank,
+                          const int64_t *xstrides, int64_t *out);
 
 #endif /* PG_GRAPH_H */

@@ -327,28 +327,10 @@ static bool apply_view(const gnode_t *m, const vstate_t *x, vstate_t *v) {
             }
         }
         return true;
-    case PRIM_window: {
-        /* [N, C, H, W] -> [N, C, OH, OW, KH, KW] (a.win = kh, kw, sh, sw, dh, dw), with the
-         * interpreter's checks (kernels/ref/view.c): a window that reaches outside its input
-         * stays with the interpreter, which reports it. */
-        const int64_t *w = a->win;
-        if (x->rank != 4 || m->rank != 6 || m->shape[0] != x->shape[0] ||
-            m->shape[1] != x->shape[1] || w[2] < 1 || w[3] < 1 || w[4] < 1 || w[5] < 1)
-            return false;
-        for (int d = 0; d < 6; d++)
-            if (m->shape[d] < 1)
-                return false;
-        if ((m->shape[2] - 1) * w[2] + (m->shape[4] - 1) * w[4] >= x->shape[2] ||
-            (m->shape[3] - 1) * w[3] + (m->shape[5] - 1) * w[5] >= x->shape[3])
-            return false;
-        v->strides[0] = x->strides[0];
-        v->strides[1] = x->strides[1];
-        v->strides[2] = x->strides[2] * w[2];
-        v->strides[3] = x->strides[3] * w[3];
-        v->strides[4] = x->strides[2] * w[4];
-        v->strides[5] = x->strides[3] * w[5];
-        return true;
-    }
+    case PRIM_window:
+        /* The interpreter's strides (graph.c). A window with no elements, or one that reaches
+         * outside its input, stays with the interpreter, which reports the latter. */
+        return m->numel > 0 && graph_window_strides(m, x->shape, x->rank, x->strides, v->strides);
     case PRIM_reshape: {
         if (!x->is_const && !vstate_contiguous(x))
             return false;
