@@ -298,8 +298,8 @@ void ref__parallel_for(uint64_t n, uint64_t cost, ref__chunk_fn fn, void *ctx) {
     pool.gen++;
     atomic_store(&pool.poster, (uintptr_t)&tl_me);
     atomic_store(&pool.gen_pub, pool.gen);
-    pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
+    pthread_cond_broadcast(&pool.wake); /* after the unlock, as in server/pool.c */
 
     run_chunks(fn, ctx, n, nchunks, cancel);
 
