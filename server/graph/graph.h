@@ -99,6 +99,7 @@ int32_t graph_add(graph_t *g, prim_t op, const int32_t *in, int32_t nin, const g
 
 /* Formats a node's shape as "[2, 3]" into buf. */
 const char *graph_shape_str(char *buf, size_t cap, int rank, const int64_t *shape);
+
 /* The strides of window node n (a.win: kh, kw, sh, sw, dh, dw) over an input [N, C, H, W] of
  * the given shape and strides, into out[6]: one output row steps sh input rows, one kernel row
  * dh. A window is affine, so the interpreter makes it a view and kernels compose it into their
