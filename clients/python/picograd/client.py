@@ -163,7 +163,9 @@ class Connection:
 
     def _send_frame(self, buffers):
         with self._send_lock:
-            sock = self._live_socket()
+            sock = self._sock
+            if sock is None:
+                self._live_socket()  # raises "disconnected"
             try:
                 wire.send_buffers(sock, buffers)
             except (OSError, PicogradError) as exc:
@@ -174,7 +176,8 @@ class Connection:
 
     def _recv_frame(self):
         with self._recv_lock:
-            self._live_socket()
+            if self._sock is None:
+                self._live_socket()  # raises "disconnected"
             try:
                 return self._reader.read()
             except (OSError, PicogradError, wire._Disconnected) as exc:
@@ -228,6 +231,21 @@ class Connection:
                 self._pending -= 1
             raise
         return rid
+
+    def exchange(self, op, fields):
+        """Sends request ``op`` with the dict ``fields`` and returns (its id, the next reply),
+        whatever the reply's ``ok``: the tensor layer's round trip (see tensor._exchange).
+
+        It is send() then recv() without their bookkeeping of pipelined replies, which a caller
+        holding ``_call_lock`` with nothing pipelined does not need. A training step's round
+        trip usually starts with the client's caches cold (a step's data went through them
+        since the last one), and then every Python call on the way costs microseconds.
+        """
+        rid = next(self._ids)
+        request = {"id": rid, "op": op}
+        request.update(fields)
+        self._send_frame((wire.encode_frame(request),))
+        return rid, self._recv_frame()
 
     def recv(self):
         """Returns the next reply dict as received (``ok`` false does not raise).

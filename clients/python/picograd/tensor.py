@@ -38,6 +38,7 @@ handles at new values when the run succeeds (PROTOCOL.md, `assign`). See its doc
 
 import builtins
 import collections
+import math
 import operator
 import re
 import struct
@@ -180,7 +181,8 @@ class _Buffer:
         # See _mark_mutable, _assign_later and _execute.
         self.readers = None
         self.pending = None
-        self._dead = _state(conn).dead
+        st = getattr(conn, "_tensor_state", None)  # _state(conn), without the call
+        self._dead = (st if st is not None else _state(conn)).dead
 
     def __del__(self):
         # Only queues the handle (see the module docstring); at exit the session closes, which
@@ -193,7 +195,8 @@ class _Buffer:
 
 def _take_dead(conn):
     """Pops the queued handles of ``conn`` that belong to its current session."""
-    dead = _state(conn).dead
+    st = getattr(conn, "_tensor_state", None)
+    dead = (st if st is not None else _state(conn)).dead
     current = conn.server_info
     out = []
     while True:
@@ -220,28 +223,15 @@ def _exchange(conn, op, **fields):
     per-connection request queue never fills while we are still writing.
     """
     with conn._call_lock:  # another thread's conn.call() must not read one of our replies
-        dead = _take_dead(conn)
-        if op == "run" and dead:
+        st = getattr(conn, "_tensor_state", None)
+        dead = _take_dead(conn) if st is None or st.dead else ()
+        if not dead:
+            rid, reply = conn.exchange(op, fields)
+        elif op == "run":
             # A run carries them itself (its `free` field): a training step stays one request.
-            send_fields, dead = dict(fields, free=dead), []
+            rid, reply = conn.exchange(op, dict(fields, free=dead))
         else:
-            send_fields = fields
-        while len(dead) > _MAX_IN_FLIGHT:
-            batch, dead = dead[:_MAX_IN_FLIGHT], dead[_MAX_IN_FLIGHT:]
-            for h in batch:
-                conn.send("free", handle=h)
-            for _ in batch:
-                conn.recv()
-        for h in dead:
-            conn.send("free", handle=h)
-        try:
-            rid = conn.send(op, **send_fields)
-        finally:
-            # Read the free replies even when the request could not be sent (say, an encoding
-            # error): left unread, they would make every later call() fail as "busy".
-            for _ in dead:
-                conn.recv()
-        reply = conn.recv()
+            rid, reply = _exchange_with_frees(conn, op, fields, dead)
     if reply.get("ok") is not True:
         err = reply.get("error") if isinstance(reply.get("error"), dict) else {}
         raise PicogradError(err.get("code", "bad_reply"), err.get("message", repr(reply)[:200]))
@@ -251,6 +241,27 @@ def _exchange(conn, op, **fields):
     if _recorder is not None:
         _recorder.request(conn, op, fields, reply)
     return reply
+
+
+def _exchange_with_frees(conn, op, fields, dead):
+    """_exchange's request ``op`` (not a run) with the queued handles ``dead`` freed first;
+    returns (its id, its reply). The caller holds conn._call_lock."""
+    while len(dead) > _MAX_IN_FLIGHT:
+        batch, dead = dead[:_MAX_IN_FLIGHT], dead[_MAX_IN_FLIGHT:]
+        for h in batch:
+            conn.send("free", handle=h)
+        for _ in batch:
+            conn.recv()
+    for h in dead:
+        conn.send("free", handle=h)
+    try:
+        rid = conn.send(op, **fields)
+    finally:
+        # Read the free replies even when the request could not be sent (say, an encoding
+        # error): left unread, they would make every later call() fail as "busy".
+        for _ in dead:
+            conn.recv()
+    return rid, conn.recv()
 
 
 def flush(conn=None):
@@ -385,7 +396,7 @@ class Tensor:
 
     def item(self):
         """The value of a one-element tensor as a Python number."""
-        n = self.numel()
+        n = math.prod(self._shape)
         if n != 1:
             raise RuntimeError(f"a Tensor with {n} elements cannot be converted to Scalar")
         if self._val is None and self._buf is None:
@@ -1451,7 +1462,7 @@ def _build(roots):
     """
     nodes, order, index = [], [], {}
     seen = {}
-    stack = [(t, False) for t in reversed(roots)]
+    stack = list(zip(reversed(roots), [False] * len(roots)))  # (tensor, ready) pairs
     pop, push = stack.pop, stack.append
     while stack:
         t, ready = pop()
@@ -1476,8 +1487,8 @@ def _build(roots):
                 node = {"op": "input", "handle": buf.handle}
             else:
                 node = {"op": t._op}
-                if inputs:
-                    node["in"] = [seen[id(i)] for i in inputs]
+                if inputs:  # map, not a list comprehension: no Python call per node
+                    node["in"] = list(map(seen.__getitem__, map(id, inputs)))
                 if t._attrs:
                     node.update(t._attrs)
             nodes.append(node)
@@ -1519,6 +1530,8 @@ def _decode(out):
                                          f"{exc}") from None
     return arr if arr.flags.writeable else arr.copy()
 
+
+_BY_WIRE_NAME = {d.name: d for d in dtypes.ALL}  # a run output's dtype, without as_dtype's checks
 
 # struct formats of one element, by wire dtype: what numpy's .item() would return, for less code
 # on a path that usually starts with cold caches.
@@ -1604,17 +1617,20 @@ def _run_one(t, fetch):
     more often than not. Returns _execute's result, or None, having sent nothing, when the case
     does not apply.
     """
-    _need_tensor("realize", t)
-    c = t._buf.conn if t._buf is not None else t._conn
-    if _state(c if c is not None else default_connection()).assigns:
+    if type(t) is not Tensor:
+        _need_tensor("realize", t)
+    buf = t._buf
+    c = buf.conn if buf is not None else t._conn
+    st = getattr(c if c is not None else default_connection(), "_tensor_state", None)
+    if st is not None and st.assigns:
         return None  # the run must carry them (general path)
-    if t._buf is not None:
+    if buf is not None:
         return None if fetch else []  # a handle already: a `get`, or nothing to do
     nodes, order, index = _build([t])
     if len(nodes) > MAX_RUN_NODES:
         return None  # to be split (general path)
     conn = _graph_conn(order)
-    i = index[_key(t)]
+    i = len(nodes) - 1  # the root is the last node of the topological order
     outputs = [{"node": i, "keep": True}, {"node": i, "keep": False}] if fetch else \
         [{"node": i, "keep": True}]
     try:
@@ -1935,7 +1951,8 @@ def _adopt(t, conn, res, mismatch):
     """Turns pending ``t`` into a realized tensor holding the handle of run output ``res``."""
     try:
         buf = _Buffer(conn, operator.index(res["handle"]))
-        shape, dtype = tuple(res["shape"]), as_dtype(res["dtype"])
+        shape = tuple(res["shape"])
+        dtype = _BY_WIRE_NAME.get(res["dtype"]) or as_dtype(res["dtype"])  # (a bad name raises)
     except (KeyError, TypeError) as exc:
         raise PicogradError("bad_reply", f"a kept run output needs handle, dtype and shape: "
                                          f"{exc}") from None

@@ -32,7 +32,7 @@ T = sys.modules["picograd.tensor"]  # the module; pg.tensor is the function
 
 class FakeConn:
     """Just enough of Connection for the tensor layer: put, send/recv (pipelined, in order),
-    server_info, closed and _call_lock. ``requests`` records (op, fields); ``store`` holds the
+    exchange, server_info, closed and _call_lock. ``requests`` records (op, fields); ``store`` holds the
     live tensors by handle; ``fail`` makes the next run reply with that error message."""
 
     def __init__(self):
@@ -64,6 +64,10 @@ class FakeConn:
 
     def recv(self):
         return self._replies.pop(0)
+
+    def exchange(self, op, fields):  # Connection.exchange: send() and recv() in one call
+        rid = self.send(op, **fields)
+        return rid, self.recv()
 
     def ops(self):
         return [op for op, _ in self.requests]
