@@ -163,9 +163,7 @@ class Connection:
 
     def _send_frame(self, buffers):
         with self._send_lock:
-            sock = self._sock
-            if sock is None:
-                self._live_socket()  # raises "disconnected"
+            sock = self._live_socket()
             try:
                 wire.send_buffers(sock, buffers)
             except (OSError, PicogradError) as exc:
@@ -176,8 +174,7 @@ class Connection:
 
     def _recv_frame(self):
         with self._recv_lock:
-            if self._sock is None:
-                self._live_socket()  # raises "disconnected"
+            self._live_socket()
             try:
                 return self._reader.read()
             except (OSError, PicogradError, wire._Disconnected) as exc:

@@ -181,8 +181,7 @@ class _Buffer:
         # See _mark_mutable, _assign_later and _execute.
         self.readers = None
         self.pending = None
-        st = getattr(conn, "_tensor_state", None)  # _state(conn), without the call
-        self._dead = (st if st is not None else _state(conn)).dead
+        self._dead = _state(conn).dead
 
     def __del__(self):
         # Only queues the handle (see the module docstring); at exit the session closes, which
@@ -195,8 +194,7 @@ class _Buffer:
 
 def _take_dead(conn):
     """Pops the queued handles of ``conn`` that belong to its current session."""
-    st = getattr(conn, "_tensor_state", None)
-    dead = (st if st is not None else _state(conn)).dead
+    dead = _state(conn).dead
     current = conn.server_info
     out = []
     while True:
@@ -223,7 +221,7 @@ def _exchange(conn, op, **fields):
     per-connection request queue never fills while we are still writing.
     """
     with conn._call_lock:  # another thread's conn.call() must not read one of our replies
-        st = getattr(conn, "_tensor_state", None)
+        st = getattr(conn, "_tensor_state", None)  # nothing queued: no _take_dead call
         dead = _take_dead(conn) if st is None or st.dead else ()
         if not dead:
             rid, reply = conn.exchange(op, fields)
@@ -1531,8 +1529,6 @@ def _decode(out):
     return arr if arr.flags.writeable else arr.copy()
 
 
-_BY_WIRE_NAME = {d.name: d for d in dtypes.ALL}  # a run output's dtype, without as_dtype's checks
-
 # struct formats of one element, by wire dtype: what numpy's .item() would return, for less code
 # on a path that usually starts with cold caches.
 _ITEM_FORMAT = {"float32": "<f", "float64": "<d", "int32": "<i", "int64": "<q", "bool": "?"}
@@ -1952,7 +1948,9 @@ def _adopt(t, conn, res, mismatch):
     try:
         buf = _Buffer(conn, operator.index(res["handle"]))
         shape = tuple(res["shape"])
-        dtype = _BY_WIRE_NAME.get(res["dtype"]) or as_dtype(res["dtype"])  # (a bad name raises)
+        # as_dtype's own table first; a name it does not know still goes through as_dtype,
+        # which raises.
+        dtype = dtypes._BY_NAME.get(res["dtype"]) or as_dtype(res["dtype"])
     except (KeyError, TypeError) as exc:
         raise PicogradError("bad_reply", f"a kept run output needs handle, dtype and shape: "
                                          f"{exc}") from None

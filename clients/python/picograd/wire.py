@@ -275,8 +275,7 @@ def packer():
 
 def encode_frame(obj):
     """Returns one whole frame (length prefix and msgpack body) for the map ``obj``."""
-    p = getattr(_packers, "packer", None)  # packer(), without a call on every request's path
-    body = (p if p is not None else packer()).pack(obj)
+    body = packer().pack(obj)
     if len(body) > _PACKER_KEEP:
         _packers.packer = None
     if len(body) > _MAX_U32:
@@ -514,17 +513,13 @@ class FrameReader:
     def read(self):
         """Returns the next reply as a dict. Raises _Disconnected on EOF, PicogradError
         ("bad_reply") on a malformed frame, OSError on socket errors."""
-        # _fill only when the bytes are not here yet: a small reply usually arrives whole in the
-        # recv that brought its length, and every call on this path costs on a cold cache.
-        if self._end - self._start < 4:
-            self._fill(4)
+        self._fill(4)
         (n,) = _LEN.unpack_from(self._buf, self._start)
         self._start += 4
         if n == 0:
             raise _bad("a reply frame with length 0")
         if n <= self.small_frame:
-            if self._end - self._start < n:
-                self._fill(n)
+            self._fill(n)
             body = self._view[self._start:self._start + n]
             self._start += n
             try:

@@ -32,8 +32,9 @@ T = sys.modules["picograd.tensor"]  # the module; pg.tensor is the function
 
 class FakeConn:
     """Just enough of Connection for the tensor layer: put, send/recv (pipelined, in order),
-    exchange, server_info, closed and _call_lock. ``requests`` records (op, fields); ``store`` holds the
-    live tensors by handle; ``fail`` makes the next run reply with that error message."""
+    exchange, server_info, closed and _call_lock. ``requests`` records (op, fields); ``store``
+    holds the live tensors by handle; ``fail`` makes the next run reply with that error
+    message."""
 
     def __init__(self):
         self.server_info = {"session": 1, "limits": {}}
