@@ -511,12 +511,24 @@ char *plan_explain_text(const plan_t *p, const graph_t *g, bool cuda) {
                   n->wire_op ? n->wire_op : "?", at[0] ? "  " : "", at);
     }
 
-    sb_printf(&b, "\n== steps: %d (%d fused kernels, %d interpreted nodes) ==\n", (int)fp->nsteps,
-              (int)fp->nkernels, (int)(fp->nsteps - fp->nkernels));
+    int32_t ninterp = fp->nsteps - fp->nkernels;
+    sb_printf(&b, "\n== steps: %d (%d fused kernel%s, %d interpreted node%s) ==\n",
+              (int)fp->nsteps, (int)fp->nkernels, fp->nkernels == 1 ? "" : "s", (int)ninterp,
+              ninterp == 1 ? "" : "s");
     sb_printf(&b, "Steps run in order. An interpreted step runs one primitive in the reference\n"
                   "interpreter; a kernel step runs several as one compiled loop, reading its\n"
                   "inputs (results of earlier steps) through the views folded into it.%s\n",
               !p->failed ? "" : "\n(A kernel did not compile: this graph runs interpreted.)");
+    bool small = false; /* an interpreted loop that fusion left out for its size */
+    for (int32_t s = 0; s < fp->nsteps && !p->failed; s++) {
+        const gnode_t *n = &g->nodes[fp->steps[s].node];
+        small |= fp->steps[s].kind == FUSE_STEP_INTERP && fuse_is_elementwise(n->op) &&
+                 n->numel < fuse_get_min_work();
+    }
+    if (small)
+        sb_printf(&b, "Loops of fewer than %llu elements stay interpreted (--jit-min-work): "
+                      "compiling one\ncosts milliseconds, running it microseconds.\n",
+                  (unsigned long long)fuse_get_min_work());
     for (int32_t s = 0; s < fp->nsteps; s++) {
         const fuse_step_t *st = &fp->steps[s];
         const gnode_t *n = &g->nodes[st->node];

@@ -632,6 +632,8 @@ static uint64_t fuse_min_work = FUSE_MIN_WORK_DEFAULT;
 
 void fuse_set_min_work(uint64_t elements) { fuse_min_work = elements; }
 
+uint64_t fuse_get_min_work(void) { return fuse_min_work; }
+
 int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, bool every_loop,
                fuse_plan_t *fp,
                proto_err_t *err) {

@@ -42,8 +42,9 @@ typedef struct {
  * costs tens of milliseconds, while the interpreter runs such a loop in microseconds, so only
  * loops that do enough work (or run often enough, which a plan cache cannot know) pay back. */
 #define FUSE_MIN_WORK_DEFAULT 4096
-/* Sets that threshold for the whole daemon (at start-up). */
+/* Sets that threshold for the whole daemon (at start-up), and reads it (for explain). */
 void fuse_set_min_work(uint64_t elements);
+uint64_t fuse_get_min_work(void);
 
 /*
  * Partitions the nodes of g that outputs out_id[0..no) need into steps (see fuse.c). With fuse

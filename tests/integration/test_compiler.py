@@ -435,7 +435,7 @@ def test_row_kernels_bitwise(daemon_factory, tmp_path):
     text = cj.call("explain", nodes=[{"op": "input", "handle": h},
                                      {"op": "softmax", "in": [0], "dim": 1}],
                    outputs=[{"node": 1, "keep": False}])
-    assert "1 fused kernels" in str(text), text
+    assert "1 fused kernel," in str(text), text
 
 
 def test_long_reductions_in_blocks_bitwise(daemon_factory, tmp_path):
@@ -848,6 +848,29 @@ def test_explain(daemon_factory, tmp_path):
     with pytest.raises(picograd.PicogradError) as e:
         c.call("explain", nodes=[{"op": "exp", "in": [0]}], outputs=[{"node": 0}])
     assert e.value.code == "bad_request"
+
+
+def test_explain_says_why_small_loops_stay_interpreted(daemon_factory, tmp_path):
+    """Below --jit-min-work a loop runs in the interpreter; explain names the threshold, so a
+    student who sees no kernel knows why (and how to get one)."""
+    out = [{"node": 4, "keep": False}]
+    small = daemon_factory(extra_args=["--jit", "on", "--jit-min-work", "64",
+                                       "--cache-dir", str(tmp_path / "k1")], name="small")
+    c = picograd.connect(small.unix_url)
+    text = c.call("explain", nodes=simple_graph(c.put(np.ones((3, 4), np.float32))),
+                  outputs=out)["text"]
+    assert "0 fused kernels" in text and "fewer than 64 elements stay interpreted" in text, text
+    # a loop at the threshold compiles, and nothing is left to explain
+    text = c.call("explain", nodes=simple_graph(c.put(np.ones((8, 8), np.float32))),
+                  outputs=out)["text"]
+    assert "1 fused kernel," in text and "stay interpreted" not in text, text
+    c.close()
+    every = jit_daemon(daemon_factory, tmp_path, name="every")
+    c = picograd.connect(every.unix_url)
+    text = c.call("explain", nodes=simple_graph(c.put(np.ones((3, 4), np.float32))),
+                  outputs=out)["text"]
+    assert "stay interpreted" not in text, text
+    c.close()
 
 
 def test_pg_explain(daemon_factory, tmp_path, capsys):
