@@ -193,6 +193,7 @@ plan_t *plan_build(const graph_t *g, const int32_t *out_id, uint32_t no, bool co
         return NULL;
     }
     atomic_init(&p->refs, 1);
+    p->every_loop = every_loop;
     plan_key(g, out_id, no, every_loop, p->key);
     if (fuse_graph(g, out_id, no, true, every_loop, &p->fp, err) != 0)
         goto err_free;
@@ -520,11 +521,8 @@ char *plan_explain_text(const plan_t *p, const graph_t *g, bool cuda) {
                   "inputs (results of earlier steps) through the views folded into it.%s\n",
               !p->failed ? "" : "\n(A kernel did not compile: this graph runs interpreted.)");
     bool small = false; /* an interpreted loop that fusion left out for its size */
-    for (int32_t s = 0; s < fp->nsteps && !p->failed; s++) {
-        const gnode_t *n = &g->nodes[fp->steps[s].node];
-        small |= fp->steps[s].kind == FUSE_STEP_INTERP && fuse_is_elementwise(n->op) &&
-                 n->numel < fuse_get_min_work();
-    }
+    for (int32_t s = 0; s < fp->nsteps && !p->failed && !p->every_loop; s++)
+        small |= fp->steps[s].kind == FUSE_STEP_INTERP && fuse_below_min_work(g, fp->steps[s].node);
     if (small)
         sb_printf(&b, "Loops of fewer than %llu elements stay interpreted (--jit-min-work): "
                       "compiling one\ncosts milliseconds, running it microseconds.\n",

@@ -34,6 +34,7 @@ typedef struct plan {
     plan_kernel_t *kern;               /* per step (kernel steps only use theirs; owned) */
     bool compiled;                     /* every kernel has fn (else run it all interpreted) */
     bool failed;                       /* a kernel did not render or compile */
+    bool every_loop;                   /* planned to compile loops of any size */
     struct plan *prev, *next;          /* LRU list (the cache's lock) */
 } plan_t;
 

@@ -634,6 +634,13 @@ void fuse_set_min_work(uint64_t elements) { fuse_min_work = elements; }
 
 uint64_t fuse_get_min_work(void) { return fuse_min_work; }
 
+bool fuse_below_min_work(const graph_t *g, int32_t i) {
+    const gnode_t *n = &g->nodes[i];
+    if (fusible_reduce(n->op))
+        return g->nodes[n->in[0]].numel < fuse_min_work; /* a reduction loops over its input */
+    return fuse_is_elementwise(n->op) && n->numel < fuse_min_work;
+}
+
 int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, bool every_loop,
                fuse_plan_t *fp,
                proto_err_t *err) {
@@ -690,8 +697,7 @@ int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, 
         if (!fuse_is_elementwise(rn->op) && !fusible_reduce(rn->op))
             continue;
         /* The loop's size: its iteration space, a reduction's input. */
-        uint64_t work = fusible_reduce(rn->op) ? g->nodes[rn->in[0]].numel : rn->numel;
-        if (work < fuse_min_work && !every_loop)
+        if (fuse_below_min_work(g, r) && !every_loop)
             continue;
         int32_t cap = FUSE_MAX_ELEMWISE;
         for (;;) {

@@ -45,6 +45,9 @@ typedef struct {
 /* Sets that threshold for the whole daemon (at start-up), and reads it (for explain). */
 void fuse_set_min_work(uint64_t elements);
 uint64_t fuse_get_min_work(void);
+/* True when node i of g is an elementwise op or a reduction whose loop (a reduction's input)
+ * is under that threshold, so fusion leaves it to the interpreter. */
+bool fuse_below_min_work(const graph_t *g, int32_t i);
 
 /*
  * Partitions the nodes of g that outputs out_id[0..no) need into steps (see fuse.c). With fuse

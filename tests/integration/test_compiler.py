@@ -864,6 +864,12 @@ def test_explain_says_why_small_loops_stay_interpreted(daemon_factory, tmp_path)
     text = c.call("explain", nodes=simple_graph(c.put(np.ones((8, 8), np.float32))),
                   outputs=out)["text"]
     assert "1 fused kernel," in text and "stay interpreted" not in text, text
+    # a lone reduction counts its input's elements: 48 of them is under the threshold
+    h = c.put(np.ones((3, 16), np.float32))
+    text = c.call("explain", nodes=[{"op": "input", "handle": h},
+                                    {"op": "sum", "in": [0], "dims": [1]}],
+                  outputs=[{"node": 1, "keep": False}])["text"]
+    assert "fewer than 64 elements stay interpreted" in text, text
     c.close()
     every = jit_daemon(daemon_factory, tmp_path, name="every")
     c = picograd.connect(every.unix_url)
