@@ -699,6 +699,17 @@ static char *explain_assigns(const char *text, const prep_t *p) {
     return out;
 }
 
+/* Returns note + text as a new string (free with pg_free), or NULL when memory runs out. */
+static char *explain_prefix(const char *note, const char *text) {
+    size_t a = strlen(note), b = strlen(text);
+    char *out = pg_malloc(a + b + 1);
+    if (out) {
+        memcpy(out, note, a);
+        memcpy(out + a, text, b + 1);
+    }
+    return out;
+}
+
 /* Packs the "assigns" key of an explain reply: one {node, handle, value} map per assign (the
  * request node, the handle, the primitive whose value it takes). */
 static void pack_assigns(msgpack_packer *pk, const prep_t *p) {
@@ -740,15 +751,31 @@ int ops_explain(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     if ((rc = req_check_cancel(r, err)) != 0) /* past its time limit while planning */
         goto out;
     text = plan_explain_text(plan, &p.g, cuda);
+    /* Without the JIT a CPU run interprets every primitive (ops_run): the plan still shows what
+     * the compiler would make of the graph, and the note says that runs do not use it. */
+    bool jit = cuda || (d->cfg.jit && jit_available());
+    if (text && !jit) {
+        char *noted = explain_prefix(d->cfg.jit ? "(No working C compiler (--cc): runs of this "
+                                                  "graph interpret every primitive. Below is\n"
+                                                  "what the compiler would make of it.)\n\n"
+                                                : "(The compiler is off (--jit off): runs of this "
+                                                  "graph interpret every primitive. Below\nis "
+                                                  "what --jit on would make of it.)\n\n",
+                                     text);
+        pg_free(text);
+        text = noted;
+    }
     if (text && p.as.n)
         full = explain_assigns(text, &p);
     if (!text || (p.as.n && !full)) {
         rc = proto_fail(err, PG_EOUT_OF_MEMORY, "no memory for the explain text");
         goto out;
     }
-    proto_pack_reply_head(pk, 2 + 5, true, r->id, true);
+    proto_pack_reply_head(pk, 2 + 6, true, r->id, true);
     proto_pack_cstr(pk, "text");
     proto_pack_cstr(pk, full ? full : text);
+    proto_pack_cstr(pk, "jit");
+    jit ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
     plan_pack_explain(pk, plan, &p.g, cuda);
     pack_assigns(pk, &p);
 

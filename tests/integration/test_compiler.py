@@ -879,6 +879,31 @@ def test_explain_says_why_small_loops_stay_interpreted(daemon_factory, tmp_path)
     c.close()
 
 
+def test_explain_says_when_runs_do_not_use_the_kernels(daemon_factory, tmp_path):
+    """Without the JIT a run interprets every primitive: explain still shows the plan the
+    compiler would make, says that runs do not use it, and its reply's `jit` is false."""
+    nodes = lambda c: simple_graph(c.put(np.ones((64, 64), np.float32)))  # noqa: E731
+    out = [{"node": 4, "keep": False}]
+    on = jit_daemon(daemon_factory, tmp_path, name="on")
+    c = picograd.connect(on.unix_url)
+    r = c.call("explain", nodes=nodes(c), outputs=out)
+    assert r["jit"] is True and "interpret every primitive" not in r["text"], r["text"]
+    c.close()
+    for name, args, says in (("off", ["--jit", "off"], "(The compiler is off (--jit off)"),
+                             ("nocc", ["--cc", str(tmp_path / "no-such-cc")],
+                              "(No working C compiler (--cc)")):
+        d = daemon_factory(extra_args=args + ["--cache-dir", str(tmp_path / name)], name=name)
+        c = picograd.connect(d.unix_url)
+        r = c.call("explain", nodes=nodes(c), outputs=out)
+        assert r["jit"] is False and r["text"].startswith(says), (name, r["text"][:300])
+        assert r["kernels"] and "pg_k_" in r["text"]  # what the compiler would make of it
+        # and the run really is interpreted: it compiles nothing, and its values are right
+        got = decode(c.call("run", nodes=nodes(c), outputs=out)["outputs"][0])
+        np.testing.assert_allclose(got, np.full((64, 1), 128 * np.e, np.float32), rtol=1e-6)
+        assert c.stats()["kernels"]["compiled"] == 0, name
+        c.close()
+
+
 def test_pg_explain(daemon_factory, tmp_path, capsys):
     d = jit_daemon(daemon_factory, tmp_path)
     conn = picograd.connect(d.unix_url)
