@@ -1993,7 +1993,9 @@ def explain(*tensors, file=None):
     which run in the interpreter) and each kernel's source: C, or CUDA for tensors on a GPU.
 
     The request is exactly the `run` that realizing them would send (same graph, same outputs,
-    same device), so what it shows is what happens. Realized tensors show up as plain inputs."""
+    same device), so what it shows is what happens; where the daemon's compiler is off or has no C
+    compiler, the text starts with a note that runs interpret every primitive. Realized tensors
+    show up as plain inputs."""
     tensors = _unique(tensors)
     if not tensors:
         raise PicogradError("bad_request", "explain needs at least one tensor")
