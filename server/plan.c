@@ -469,7 +469,7 @@ static const char *kind_word(const plan_t *p, const fuse_step_t *st) {
     return st->kind == FUSE_STEP_KERNEL ? "kernel" : "interp";
 }
 
-char *plan_explain_text(const plan_t *p, const graph_t *g, bool cuda) {
+char *plan_explain_text(const plan_t *p, const graph_t *g, bool cuda, const char *note) {
     sbuf_t b = {0};
     char sh[160], at[320];
     const fuse_plan_t *fp = &p->fp;
@@ -485,6 +485,8 @@ char *plan_explain_text(const plan_t *p, const graph_t *g, bool cuda) {
             where[st->members[q]] = s;
     }
 
+    if (note)
+        sb_printf(&b, "%s\n\n", note);
     sb_printf(&b, "== lowered graph: %d primitive nodes ==\n", (int)g->n);
     sb_printf(&b, "Each request node becomes one or more primitives (kernels/ops.def). %%i names\n"
                   "primitive i; 'from' is the request node it came from; 'step' is where it runs\n"

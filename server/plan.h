@@ -83,10 +83,11 @@ void plan_release(plan_t *p);
 
 /*
  * Writes the readable listing of a plan for g (lowered graph, steps, kernel sources: the CUDA
- * ones with cuda, which needs a plan built with plan_set_cuda on). Returns a new NUL-terminated
- * string (free with pg_free) or NULL when memory runs out.
+ * ones with cuda, which needs a plan built with plan_set_cuda on), after `note` when it is not
+ * NULL (why runs do not use this plan). Returns a new NUL-terminated string (free with pg_free)
+ * or NULL when memory runs out.
  */
-char *plan_explain_text(const plan_t *p, const graph_t *g, bool cuda);
+char *plan_explain_text(const plan_t *p, const graph_t *g, bool cuda, const char *note);
 
 /* Packs the "graph", "groups" and "kernels" keys of an explain reply (3 map entries). */
 int plan_pack_explain(msgpack_packer *pk, const plan_t *p, const graph_t *g, bool cuda);

@@ -347,7 +347,7 @@ static int run_input_or_eval(sess_t *sess, const graph_t *g, int32_t i, tensor_t
 static void log_plan(const plan_t *plan, const graph_t *g) {
     if (!log_enabled(LOG_DEBUG))
         return;
-    char *text = plan_explain_text(plan, g, false);
+    char *text = plan_explain_text(plan, g, false, NULL);
     if (!text)
         return;
     /* One log line per text line, so that the log stays line-oriented. */
@@ -699,17 +699,6 @@ static char *explain_assigns(const char *text, const prep_t *p) {
     return out;
 }
 
-/* Returns note + text as a new string (free with pg_free), or NULL when memory runs out. */
-static char *explain_prefix(const char *note, const char *text) {
-    size_t a = strlen(note), b = strlen(text);
-    char *out = pg_malloc(a + b + 1);
-    if (out) {
-        memcpy(out, note, a);
-        memcpy(out + a, text, b + 1);
-    }
-    return out;
-}
-
 /* Packs the "assigns" key of an explain reply: one {node, handle, value} map per assign (the
  * request node, the handle, the primitive whose value it takes). */
 static void pack_assigns(msgpack_packer *pk, const prep_t *p) {
@@ -750,21 +739,17 @@ int ops_explain(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     }
     if ((rc = req_check_cancel(r, err)) != 0) /* past its time limit while planning */
         goto out;
-    text = plan_explain_text(plan, &p.g, cuda);
     /* Without the JIT a CPU run interprets every primitive (ops_run): the plan still shows what
      * the compiler would make of the graph, and the note says that runs do not use it. */
     bool jit = cuda || (d->cfg.jit && jit_available());
-    if (text && !jit) {
-        char *noted = explain_prefix(d->cfg.jit ? "(No working C compiler (--cc): runs of this "
-                                                  "graph interpret every primitive. Below is\n"
-                                                  "what the compiler would make of it.)\n\n"
-                                                : "(The compiler is off (--jit off): runs of this "
-                                                  "graph interpret every primitive. Below\nis "
-                                                  "what --jit on would make of it.)\n\n",
-                                     text);
-        pg_free(text);
-        text = noted;
-    }
+    const char *note = jit ? NULL
+                       : d->cfg.jit ? "(No working C compiler (--cc): runs of this graph interpret "
+                                      "every primitive. Below is\nwhat the compiler would make of "
+                                      "it.)"
+                                    : "(The compiler is off (--jit off): runs of this graph "
+                                      "interpret every primitive. Below\nis what --jit on would "
+                                      "make of it.)";
+    text = plan_explain_text(plan, &p.g, cuda, note);
     if (text && p.as.n)
         full = explain_assigns(text, &p);
     if (!text || (p.as.n && !full)) {

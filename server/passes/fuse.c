@@ -696,7 +696,6 @@ int fuse_graph(const graph_t *g, const int32_t *out_id, uint32_t no, bool fuse, 
             continue;
         if (!fuse_is_elementwise(rn->op) && !fusible_reduce(rn->op))
             continue;
-        /* The loop's size: its iteration space, a reduction's input. */
         if (fuse_below_min_work(g, r) && !every_loop)
             continue;
         int32_t cap = FUSE_MAX_ELEMWISE;

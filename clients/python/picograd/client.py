@@ -238,10 +238,8 @@ class Connection:
         trip usually starts with the client's caches cold (a step's data went through them
         since the last one), and then every Python call on the way costs microseconds.
         """
-        rid = next(self._ids)
-        request = {"id": rid, "op": op}
-        request.update(fields)
-        self._send_frame((wire.encode_frame(request),))
+        rid, frame = self._request_frame(op, fields)
+        self._send_frame((frame,))
         return rid, self._recv_frame()
 
     def recv(self):

@@ -38,7 +38,6 @@ handles at new values when the run succeeds (PROTOCOL.md, `assign`). See its doc
 
 import builtins
 import collections
-import math
 import operator
 import re
 import struct
@@ -221,8 +220,7 @@ def _exchange(conn, op, **fields):
     per-connection request queue never fills while we are still writing.
     """
     with conn._call_lock:  # another thread's conn.call() must not read one of our replies
-        st = getattr(conn, "_tensor_state", None)  # nothing queued: no _take_dead call
-        dead = _take_dead(conn) if st is None or st.dead else ()
+        dead = _take_dead(conn)
         if not dead:
             rid, reply = conn.exchange(op, fields)
         elif op == "run":
@@ -394,7 +392,7 @@ class Tensor:
 
     def item(self):
         """The value of a one-element tensor as a Python number."""
-        n = math.prod(self._shape)
+        n = self.numel()
         if n != 1:
             raise RuntimeError(f"a Tensor with {n} elements cannot be converted to Scalar")
         if self._val is None and self._buf is None:
@@ -1613,12 +1611,10 @@ def _run_one(t, fetch):
     more often than not. Returns _execute's result, or None, having sent nothing, when the case
     does not apply.
     """
-    if type(t) is not Tensor:
-        _need_tensor("realize", t)
+    _need_tensor("realize", t)
     buf = t._buf
     c = buf.conn if buf is not None else t._conn
-    st = getattr(c if c is not None else default_connection(), "_tensor_state", None)
-    if st is not None and st.assigns:
+    if _state(c if c is not None else default_connection()).assigns:
         return None  # the run must carry them (general path)
     if buf is not None:
         return None if fetch else []  # a handle already: a `get`, or nothing to do
@@ -1947,10 +1943,7 @@ def _adopt(t, conn, res, mismatch):
     """Turns pending ``t`` into a realized tensor holding the handle of run output ``res``."""
     try:
         buf = _Buffer(conn, operator.index(res["handle"]))
-        shape = tuple(res["shape"])
-        # as_dtype's own table first; a name it does not know still goes through as_dtype,
-        # which raises.
-        dtype = dtypes._BY_NAME.get(res["dtype"]) or as_dtype(res["dtype"])
+        shape, dtype = tuple(res["shape"]), as_dtype(res["dtype"])
     except (KeyError, TypeError) as exc:
         raise PicogradError("bad_reply", f"a kept run output needs handle, dtype and shape: "
                                          f"{exc}") from None
