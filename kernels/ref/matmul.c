@@ -129,11 +129,14 @@ static const void *operand_ptr(mm_operand_t *o, const ref_view_t *v, int64_t off
 /* One matrix product split into blocks of rows (or of columns, when C is wider than tall), one
  * per thread of the daemon's own pool (OpenBLAS runs single-threaded: ref_set_threads), so that
  * BLAS's threads and the compute pool never fight over the cores. Each block packs the other
- * operand again, so there are no more blocks than threads. An element's sum runs over k in the
- * same order whatever block it is in (BLAS blocks k the same way for any M and N), so the split
- * does not change results. A product larger than LIM_CANCEL_GEMM_WORK multiply-adds is cut into
- * more blocks than threads (a multiple of them, blocks of 16 rows or columns at least), so that
- * a cancelled request (ref_set_cancel) stops between blocks. */
+ * operand again, so there are no more blocks than threads. Whether the split changes the last
+ * bits of a result is up to BLAS, which promises nothing: on an AVX-512 EPYC (OpenBLAS 0.3.21
+ * reporting core "Haswell") a product computed in blocks of rows differs from one cblas_sgemm
+ * call by up to ~6e-7 of its largest value, and a 1-thread daemon matches numpy bit for bit. So
+ * a float product's last bits may depend on --threads; the interpreter and the compiled kernels
+ * still agree exactly, as both come here. A product larger than LIM_CANCEL_GEMM_WORK
+ * multiply-adds is cut into more blocks than threads (a multiple of them, blocks of 16 rows or
+ * columns at least), so that a cancelled request (ref_set_cancel) stops between blocks. */
 #define MM_ROW_MIN 64     /* rows per block at least (a multiple of BLAS's register tiles) */
 #define MM_SPLIT_MIN (1 << 22) /* multiply-adds below which one thread does it all: waking
                                 * another costs more than it saves */
