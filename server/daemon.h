@@ -194,6 +194,9 @@ int ops_lookup(const char *name, size_t len);
 const char *ops_name(int op);
 /* Returns where an op runs. */
 ops_where_t ops_where(int op);
+/* True when CPU runs use compiled kernels: --jit on and a working C compiler (else every
+ * primitive is interpreted). */
+bool ops_jit_on(const daemon_t *d);
 /* Runs a decoded request's op: packs a success reply into req->out, or returns -PG_E* with
  * req->err filled (the caller then packs the error reply). */
 int ops_execute(daemon_t *d, req_t *req, msgpack_packer *pk);

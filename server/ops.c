@@ -47,6 +47,8 @@ const char *ops_name(int op) { return op >= 0 && op < OPS_COUNT ? ops_table[op].
 
 ops_where_t ops_where(int op) { return ops_table[op].where; }
 
+bool ops_jit_on(const daemon_t *d) { return d->cfg.jit && jit_available(); }
+
 int ops_execute(daemon_t *d, req_t *r, msgpack_packer *pk) {
     return ops_table[r->op].fn(d, r, pk, &r->err);
 }
@@ -99,7 +101,7 @@ int ops_hello(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     key(pk, "memory");
     msgpack_pack_uint64(pk, d->cfg.phys_memory);
     key(pk, "jit"); /* fused kernels are compiled (else everything is interpreted) */
-    if (d->cfg.jit && jit_available())
+    if (ops_jit_on(d))
         msgpack_pack_true(pk);
     else
         msgpack_pack_false(pk);
@@ -164,7 +166,7 @@ int ops_stats(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
     stats_pack_counters(pk); /* requests, ops, errors */
     /* The JIT's kernel cache and the plan cache (zero when the JIT is off). */
     jit_stats_t js = {0};
-    if (d->cfg.jit && jit_available())
+    if (ops_jit_on(d))
         js = jit_stats();
     uint64_t hits, misses;
     plan_stats(&hits, &misses);

@@ -528,7 +528,7 @@ int ops_run(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         if (e->plan)
             plan_count_hit();
     } else {
-        if (d->cfg.jit && jit_available()) {
+        if (ops_jit_on(d)) {
             bool built = false;
             /* A run that assigns is a step that will repeat: every loop of it is compiled. */
             e->plan = plan_get(g, e->out_id, nall, e->nas > 0, &built, err);
@@ -741,14 +741,14 @@ int ops_explain(daemon_t *d, req_t *r, msgpack_packer *pk, proto_err_t *err) {
         goto out;
     /* Without the JIT a CPU run interprets every primitive (ops_run): the plan still shows what
      * the compiler would make of the graph, and the note says that runs do not use it. */
-    bool jit = cuda || (d->cfg.jit && jit_available());
-    const char *note = jit ? NULL
-                       : d->cfg.jit ? "(No working C compiler (--cc): runs of this graph interpret "
-                                      "every primitive. Below is\nwhat the compiler would make of "
-                                      "it.)"
-                                    : "(The compiler is off (--jit off): runs of this graph "
-                                      "interpret every primitive. Below\nis what --jit on would "
-                                      "make of it.)";
+    bool jit = cuda || ops_jit_on(d);
+    const char *note = NULL;
+    if (!jit && !d->cfg.jit)
+        note = "(The compiler is off (--jit off): runs of this graph interpret every primitive. "
+               "Below\nis what --jit on would make of it.)";
+    else if (!jit)
+        note = "(No working C compiler (--cc): runs of this graph interpret every primitive. "
+               "Below is\nwhat the compiler would make of it.)";
     text = plan_explain_text(plan, &p.g, cuda, note);
     if (text && p.as.n)
         full = explain_assigns(text, &p);
